@@ -1,0 +1,3 @@
+from hat_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Typer CLI (the only package that imports typer/rich)."""

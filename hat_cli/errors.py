@@ -1,0 +1,46 @@
+"""Typed errors raised by the library; the CLI turns them into one line and an exit code."""
+
+from __future__ import annotations
+
+# Exit codes shared by every command (documented in the README).
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class HatError(Exception):
+    """Base class for every error a user can cause or fix.
+
+    ``exit_code`` is what the CLI exits with; ``str(error)`` is the one line it prints.
+    """
+
+    exit_code: int = EXIT_USAGE
+
+
+class ConfigError(HatError):
+    """Bad option combination, unknown preset, invalid registry file."""
+
+
+class CheckpointError(HatError):
+    """A weights file that is missing, unreadable, unsafe or not a HAT checkpoint."""
+
+
+class ModelNotAvailable(HatError):
+    """A preset's checkpoint is not in the cache and cannot be fetched (offline, no mirror)."""
+
+
+class DownloadError(HatError):
+    """Every mirror failed, or what arrived does not match the registry's sha256/size."""
+
+
+class InputImageError(HatError):
+    """An input image that cannot be read, is too large, or has an unsupported mode."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
+class OutputError(HatError):
+    """An output that cannot be written (exists, permission, disk full)."""
+
+    exit_code = EXIT_SOME_FAILED
