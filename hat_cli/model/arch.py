@@ -1,0 +1,470 @@
+"""HAT: Hybrid Attention Transformer for image super-resolution (Chen et al., CVPR 2023).
+
+Parameter names and shapes are exactly those of the official checkpoints, so official and
+community files load with ``strict=True``. Features travel between blocks as ``(B, H, W, C)``.
+
+Differences from the official code, none of which changes the result:
+- attention runs through ``scaled_dot_product_attention`` with the relative position bias (and
+  the shift mask) as an additive mask; the plain softmax path is kept (``fused_attention=False``);
+- bias tensors, index tables and shift masks are built once and cached, not on every forward;
+- the shift mask is never materialised per window: with a cyclic shift only the last row and
+  column of windows see wrapped-around pixels, so windows fall into four classes (interior,
+  right column, bottom row, corner) that each share one ``(N, N)`` mask;
+- OCAB takes overlapping key/value windows as strided views instead of ``nn.Unfold``;
+- inputs of any size are reflect-padded bottom/right to a window multiple and the output cropped
+  (the official test recipe), so ``model(x)`` works on any image.
+
+This module imports only torch and einops.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .config import HATConfig
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the official models subtract
+SHIFT_MASK_VALUE = -100.0  # official value (not -inf): keeps softmax of fully masked rows finite
+
+
+# --------------------------------------------------------------------------- window helpers
+
+
+def window_partition(x: Tensor, window_size: int) -> Tensor:
+    """(B, H, W, C) -> (B*nW, ws*ws, C), windows in row-major order."""
+    return rearrange(x, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=window_size, ww=window_size)
+
+
+def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -> Tensor:
+    """(B*nW, ws*ws, C) -> (B, H, W, C); inverse of :func:`window_partition`."""
+    return rearrange(
+        windows,
+        "(b nh nw) (wh ww) c -> b (nh wh) (nw ww) c",
+        nh=height // window_size,
+        nw=width // window_size,
+        wh=window_size,
+    )
+
+
+def _grid(size: int) -> Tensor:
+    """(2, size*size) row/column coordinates of a size x size window, row-major."""
+    coords = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"))
+    return coords.flatten(1)
+
+
+@lru_cache(maxsize=None)
+def relative_position_index(window_size: int) -> Tensor:
+    """(ws*ws, ws*ws) index into a ((2ws-1)^2, heads) bias table, as the official ``rpi_sa``."""
+    coords = _grid(window_size)
+    rel = coords[:, :, None] - coords[:, None, :] + (window_size - 1)  # 2, N, N in [0, 2ws-2]
+    return rel[0] * (2 * window_size - 1) + rel[1]
+
+
+@lru_cache(maxsize=None)
+def overlap_relative_position_index(window_size: int, overlap_window_size: int) -> Tensor:
+    """(ws*ws, ows*ows) index into OCAB's ((ws+ows-1)^2, heads) table, as the official ``rpi_oca``.
+
+    The official offset makes some row indices negative; PyTorch indexing wraps them around the
+    table, so the same wrap is applied here explicitly (``% table_size``) to stay bit-exact.
+    """
+    ws, ows = window_size, overlap_window_size
+    rel = _grid(ows)[:, None, :] - _grid(ws)[:, :, None] + (ws - ows + 1)  # 2, ws*ws, ows*ows
+    side = ws + ows - 1
+    return (rel[0] * side + rel[1]) % (side * side)
+
+
+@lru_cache(maxsize=None)
+def shift_mask_classes(window_size: int, shift_size: int) -> Tensor:
+    """(4, N, N) additive masks for shifted windows: [interior, right column, bottom row, corner].
+
+    Built with the official labelling on a 2x2-window image, whose four windows are exactly one
+    of each class; every window of a larger image shares the mask of its class.
+    """
+    ws, size = window_size, 2 * window_size
+    labels = torch.zeros(size, size)
+    regions = (slice(0, -ws), slice(-ws, -shift_size), slice(-shift_size, None))
+    for i, rows in enumerate(regions):
+        for j, cols in enumerate(regions):
+            labels[rows, cols] = 3 * i + j
+    windows = window_partition(labels[None, :, :, None], ws).squeeze(-1)  # 4, N
+    differs = windows[:, None, :] != windows[:, :, None]
+    return torch.zeros(differs.shape).masked_fill(differs, SHIFT_MASK_VALUE)
+
+
+# (rows, columns, class) of the window grid; see shift_mask_classes.
+_WINDOW_REGIONS = (
+    (slice(0, -1), slice(0, -1), 0),
+    (slice(0, -1), slice(-1, None), 1),
+    (slice(-1, None), slice(0, -1), 2),
+    (slice(-1, None), slice(-1, None), 3),
+)
+
+
+def reflect_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """(B, C, H, W) -> (B, C, H', W'): reflect-pad bottom/right up to a multiple (official recipe).
+
+    Reflection cannot add more than ``size - 1`` pixels at once, so tiny images are padded in
+    several rounds (and a 1-pixel side is replicated).
+    """
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    while pad_h or pad_w:
+        step_h = min(pad_h, x.shape[-2] - 1)
+        step_w = min(pad_w, x.shape[-1] - 1)
+        if (pad_h and step_h == 0) or (pad_w and step_w == 0):
+            x = F.pad(x, (0, pad_w if step_w == 0 else 0, 0, pad_h if step_h == 0 else 0), mode="replicate")
+            pad_h, pad_w = (0 if step_h == 0 else pad_h), (0 if step_w == 0 else pad_w)
+            continue
+        x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
+        pad_h, pad_w = pad_h - step_h, pad_w - step_w
+    return x
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, fused: bool) -> Tensor:
+    """Scaled dot-product attention with an additive mask.
+
+    q: (..., heads, Nq, d), k/v: (..., heads, Nk, d), mask broadcastable to (..., heads, Nq, Nk).
+    ``fused`` picks PyTorch's SDPA kernels; otherwise the official plain softmax math.
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + mask
+    return scores.softmax(dim=-1) @ v
+
+
+class _BiasCache:
+    """Caches ``table[index]`` (heads, Nq, Nk) per dtype/device/table version for inference.
+
+    The table's ``_version`` changes on every in-place update (``load_state_dict``, optimiser
+    steps), so a cached bias can never be stale; while gradients flow it is always rebuilt.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, Tensor] = {}
+
+    def get(self, table: Tensor, index: Tensor, shape: tuple[int, int], extra: Tensor | None = None,
+            extra_key: int = -1, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or table.dtype
+
+        def build() -> Tensor:
+            bias = rearrange(table[index.reshape(-1)], "(q k) h -> h q k", q=shape[0], k=shape[1])
+            if extra is not None:
+                bias = bias + extra.to(bias)
+            return bias.to(dtype)
+
+        if torch.is_grad_enabled() and table.requires_grad:
+            return build()
+        key = (extra_key, dtype, table.device, table._version)
+        if key not in self._entries:
+            self._entries = {k: v for k, v in self._entries.items() if k[3] == table._version}
+            self._entries[key] = build()
+        return self._entries[key]
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ChannelAttention(nn.Module):
+    """RCAN channel attention: x * sigmoid(MLP(avgpool(x))). (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, num_feat: int, squeeze_factor: int) -> None:
+        super().__init__()
+        self.attention = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(num_feat, num_feat // squeeze_factor, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(num_feat // squeeze_factor, num_feat, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.attention(x)
+
+
+class CAB(nn.Module):
+    """Channel attention block: conv-GELU-conv-CA. (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, num_feat: int, compress_ratio: int, squeeze_factor: int) -> None:
+        super().__init__()
+        self.cab = nn.Sequential(
+            nn.Conv2d(num_feat, num_feat // compress_ratio, 3, 1, 1),
+            nn.GELU(),
+            nn.Conv2d(num_feat // compress_ratio, num_feat, 3, 1, 1),
+            ChannelAttention(num_feat, squeeze_factor),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cab(x)
+
+
+class WindowAttention(nn.Module):
+    """(Shifted) window multi-head self-attention with relative position bias."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.fused = True
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self._bias = _BiasCache()
+
+    def _mask(self, dtype: torch.dtype, shift_class: int | None) -> Tensor:
+        n = self.window_size**2
+        extra = None
+        if shift_class is not None:
+            extra = shift_mask_classes(self.window_size, self.window_size // 2)[shift_class]
+        return self._bias.get(
+            self.relative_position_bias_table, self.relative_position_index, (n, n),
+            extra=extra, extra_key=-1 if shift_class is None else shift_class, dtype=dtype,
+        )
+
+    def forward(self, x: Tensor, shifted: bool) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C); ``shifted`` applies the cyclic-shift masks."""
+        ws = self.window_size
+        height, width = x.shape[1:3]
+        q, k, v = rearrange(
+            self.qkv(x),
+            "b (nh wh) (nw ww) (three heads d) -> three b nh nw heads (wh ww) d",
+            three=3, heads=self.num_heads, wh=ws, ww=ws,
+        )
+        if not shifted:
+            out = attend(q, k, v, self._mask(q.dtype, None), self.fused)
+        else:
+            out = torch.empty_like(q)
+            for rows, cols, shift_class in _WINDOW_REGIONS:
+                part = q[:, rows, cols]
+                if part.numel() == 0:
+                    continue
+                # Flatten (b, nh, nw) into one batch dim so every SDPA backend accepts it.
+                lead = part.shape[:3]
+                result = attend(
+                    part.flatten(0, 2), k[:, rows, cols].flatten(0, 2), v[:, rows, cols].flatten(0, 2),
+                    self._mask(q.dtype, shift_class), self.fused,
+                )
+                out[:, rows, cols] = result.unflatten(0, lead)
+        out = rearrange(out, "b nh nw heads (wh ww) d -> b (nh wh) (nw ww) (heads d)", wh=ws, ww=ws)
+        assert out.shape[1:3] == (height, width)
+        return self.proj(out)
+
+
+class HAB(nn.Module):
+    """Hybrid attention block: (S)W-MSA + conv_scale * CAB in parallel, then MLP. (B, H, W, C)."""
+
+    def __init__(self, config: HATConfig, num_heads: int, shift_size: int) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.shift_size = shift_size
+        self.conv_scale = config.conv_scale
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, config.window_size, num_heads, config.qkv_bias)
+        self.conv_block = CAB(dim, config.compress_ratio, config.squeeze_factor)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, config.mlp_hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        # permute gives a channels-last NCHW view: convolutions run on it without a copy.
+        conv_x = self.conv_block(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        shift = self.shift_size
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        attn_x = self.attn(x, shifted=bool(shift))
+        if shift:
+            attn_x = torch.roll(attn_x, shifts=(shift, shift), dims=(1, 2))
+        x = shortcut + attn_x + conv_x * self.conv_scale
+        return x + self.mlp(self.norm2(x))
+
+
+class OCAB(nn.Module):
+    """Overlapping cross-attention block: queries from ws x ws windows attend to keys/values from
+    enlarged, overlapping ows x ows windows (zero-padded at the border). (B, H, W, C)."""
+
+    def __init__(self, config: HATConfig, num_heads: int) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.window_size = ws = config.window_size
+        self.overlap_win_size = ows = config.overlap_window_size
+        self.num_heads = num_heads
+        self.fused = True
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=config.qkv_bias)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((ws + ows - 1) ** 2, num_heads))
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, config.mlp_hidden)
+        self.register_buffer(
+            "relative_position_index", overlap_relative_position_index(ws, ows), persistent=False
+        )
+        self._bias = _BiasCache()
+
+    def forward(self, x: Tensor) -> Tensor:
+        ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
+        shortcut = x
+        q, kv = self.qkv(self.norm1(x)).tensor_split((x.shape[-1],), dim=-1)  # (B,H,W,C), (B,H,W,2C)
+        q = rearrange(q, "b (nh wh) (nw ww) (heads d) -> (b nh nw) heads (wh ww) d", wh=ws, ww=ws, heads=heads)
+        pad = (ows - ws) // 2
+        kv = F.pad(kv, (0, 0, pad, pad, pad, pad))
+        # (B, nh, nw, 2C, ows, ows) strided view of the overlapping windows: no unfold copy.
+        kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)
+        k, v = rearrange(kv, "b nh nw (two heads d) oh ow -> two (b nh nw) heads (oh ow) d", two=2, heads=heads)
+        mask = self._bias.get(
+            self.relative_position_bias_table, self.relative_position_index, (ws * ws, ows * ows),
+            dtype=q.dtype,
+        )
+        out = attend(q, k, v, mask, self.fused)
+        out = rearrange(
+            out, "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)",
+            nh=x.shape[1] // ws, nw=x.shape[2] // ws, wh=ws,
+        )
+        x = self.proj(out) + shortcut
+        return x + self.mlp(self.norm2(x))
+
+
+class AttenBlocks(nn.Module):
+    """The HABs of one residual group (shift on every other block), then one OCAB."""
+
+    def __init__(self, config: HATConfig, depth: int, num_heads: int) -> None:
+        super().__init__()
+        shift = config.window_size // 2
+        self.blocks = nn.ModuleList(HAB(config, num_heads, 0 if i % 2 == 0 else shift) for i in range(depth))
+        self.overlap_attn = OCAB(config, num_heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.overlap_attn(x)
+
+
+class RHAG(nn.Module):
+    """Residual hybrid attention group: x + conv(blocks(x)). (B, H, W, C) -> (B, H, W, C)."""
+
+    def __init__(self, config: HATConfig, depth: int, num_heads: int) -> None:
+        super().__init__()
+        self.residual_group = AttenBlocks(config, depth, num_heads)
+        dim = config.embed_dim
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if config.resi_connection == "1conv" else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.residual_group(x)
+        return self.conv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) + x
+
+
+class PatchEmbed(nn.Module):
+    """Holds the optional LayerNorm after the first conv (official name ``patch_embed.norm``)."""
+
+    def __init__(self, dim: int, patch_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if patch_norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x)
+
+
+class Upsample(nn.Sequential):
+    """Pixel-shuffle upsampler: (conv 4C, shuffle 2) x log2(scale), or (conv 9C, shuffle 3)."""
+
+    def __init__(self, scale: int, num_feat: int) -> None:
+        layers: list[nn.Module] = []
+        if scale & (scale - 1) == 0:
+            for _ in range(int(math.log2(scale))):
+                layers += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
+        elif scale == 3:
+            layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
+        else:
+            raise ValueError(f"scale {scale} is not supported: use 2^n or 3")
+        super().__init__(*layers)
+
+
+class HAT(nn.Module):
+    """Hybrid Attention Transformer. (B, in_chans, H, W) in [0, 1] -> (B, in_chans, sH, sW)."""
+
+    def __init__(self, config: HATConfig, fused_attention: bool = True) -> None:
+        super().__init__()
+        if config.upsampler != "pixelshuffle":
+            raise ValueError(f"upsampler {config.upsampler!r} is not supported (only 'pixelshuffle')")
+        self.config = config
+        dim = config.embed_dim
+        mean = RGB_MEAN if config.in_chans == 3 else (0.0,) * config.in_chans
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+
+        self.conv_first = nn.Conv2d(config.in_chans, dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(dim, config.patch_norm)
+        self.layers = nn.ModuleList(
+            RHAG(config, depth, heads) for depth, heads in zip(config.depths, config.num_heads, strict=True)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.conv_after_body = nn.Conv2d(dim, dim, 3, 1, 1) if config.resi_connection == "1conv" else nn.Identity()
+        self.conv_before_upsample = nn.Sequential(
+            nn.Conv2d(dim, config.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True)
+        )
+        self.upsample = Upsample(config.upscale, config.num_feat)
+        self.conv_last = nn.Conv2d(config.num_feat, config.in_chans, 3, 1, 1)
+        self.apply(self._init_weights)
+        for module in self.modules():
+            if isinstance(module, WindowAttention | OCAB):
+                nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+        self.set_fused_attention(fused_attention)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def set_fused_attention(self, enabled: bool) -> None:
+        """Switch every attention between SDPA kernels (True) and the plain softmax math (False)."""
+        for module in self.modules():
+            if isinstance(module, WindowAttention | OCAB):
+                module.fused = enabled
+
+    @property
+    def scale(self) -> int:
+        return self.config.upscale
+
+    @property
+    def window_size(self) -> int:
+        return self.config.window_size
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W) deep features; H and W are window multiples."""
+        x = self.patch_embed(x.permute(0, 2, 3, 1))
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x).permute(0, 3, 1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        x = reflect_pad_to_multiple(x, self.config.window_size)
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.config.img_range
+        x = self.conv_first(x)
+        x = self.conv_after_body(self.forward_features(x)) + x
+        x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
+        x = x / self.config.img_range + mean
+        scale = self.config.upscale
+        return x[..., : height * scale, : width * scale]
