@@ -78,7 +78,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
                     f"{path}: refused: the file holds pickled objects other than tensors "
                     f"(possibly code); it was not executed. Convert it to .safetensors from a trusted source."
                 ) from exc
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {text}") from exc
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {text}"
+            ) from exc
         if isinstance(raw, Mapping) and isinstance(raw.get(META_KEY), Mapping):
             meta = dict(raw[META_KEY])
     return _unwrap(raw, path), meta
@@ -114,7 +116,10 @@ def config_from_checkpoint(
 
 
 def build_model(
-    state: Mapping[str, torch.Tensor], config: HATConfig, path: str | os.PathLike[str], fused_attention: bool = True
+    state: Mapping[str, torch.Tensor],
+    config: HATConfig,
+    path: str | os.PathLike[str],
+    fused_attention: bool = True,
 ) -> HAT:
     """A HAT in eval mode with ``state`` loaded strictly."""
     model = HAT(config, fused_attention=fused_attention)

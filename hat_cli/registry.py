@@ -20,7 +20,18 @@ SCHEMA_VERSION = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-_PRESET_KEYS = {"family", "scale", "file", "sha256", "size", "urls", "aliases", "pretrain", "bundled", "description"}
+_PRESET_KEYS = {
+    "family",
+    "scale",
+    "file",
+    "sha256",
+    "size",
+    "urls",
+    "aliases",
+    "pretrain",
+    "bundled",
+    "description",
+}
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,9 @@ def _parse(data: Mapping[str, Any], source: str, base_families: Mapping[str, dic
     for name, table in data.get("models", {}).items():
         where = f"{source}: [models.{name!r}]"
         _check(isinstance(table, dict), source, f"[models.{name!r}] must be a table")
-        _check(bool(_SAFE_FILE.match(name)), source, f"model name {name!r} may use only letters, digits and ._+-")
+        _check(
+            bool(_SAFE_FILE.match(name)), source, f"model name {name!r} may use only letters, digits and ._+-"
+        )
         for key in ("family", "scale", "file", "sha256"):
             _check(key in table, where, f"missing required key {key!r}")
         family = table["family"]
@@ -129,7 +142,8 @@ def _parse(data: Mapping[str, Any], source: str, base_families: Mapping[str, dic
         file = table["file"]
         _check(
             isinstance(file, str) and bool(_SAFE_FILE.match(file)) and ".." not in file,
-            where, f"file {file!r} must be a plain file name (no folders)",
+            where,
+            f"file {file!r} must be a plain file name (no folders)",
         )
         sha = str(table["sha256"]).lower()
         _check(bool(_SHA256.match(sha)), where, "sha256 must be 64 hex digits")

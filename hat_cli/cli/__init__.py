@@ -1,1 +1,61 @@
-"""Typer CLI (the only package that imports typer/rich)."""
+"""The ``hat`` command: a thin Typer layer over the library (the only package importing typer/rich).
+
+One error boundary (:class:`HatApp`) turns every :class:`~hat_cli.errors.HatError` into one line
+on stderr and its exit code; ``HAT_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, HatError
+from .console import err_console
+
+
+class HatApp(typer.Typer):
+    """Typer app whose ``__call__`` is the single place where errors become exit codes."""
+
+    def __call__(self, *args, **kwargs):
+        debug = bool(os.environ.get("HAT_DEBUG"))
+        try:
+            return super().__call__(*args, **kwargs)
+        except HatError as exc:
+            if debug:
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("interrupted", highlight=False)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as exc:  # a bug, not a user error: one line, traceback on request
+            if debug:
+                raise
+            err_console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with HAT_DEBUG=1 for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+
+
+app = HatApp(
+    name="hat",
+    help="Super-resolution with HAT (Hybrid Attention Transformer): exact, tiled, fast.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+from . import models as _models  # noqa: E402  (registers sub-commands on import)
+from .upscale import upscale  # noqa: E402
+
+app.command()(upscale)
+app.add_typer(_models.app, name="models")
+
+
+def main() -> None:
+    app()

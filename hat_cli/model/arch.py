@@ -20,7 +20,7 @@ This module imports only torch and einops.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ def _grid(size: int) -> Tensor:
     return coords.flatten(1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def relative_position_index(window_size: int) -> Tensor:
     """(ws*ws, ws*ws) index into a ((2ws-1)^2, heads) bias table, as the official ``rpi_sa``."""
     coords = _grid(window_size)
@@ -66,7 +66,7 @@ def relative_position_index(window_size: int) -> Tensor:
     return rel[0] * (2 * window_size - 1) + rel[1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def overlap_relative_position_index(window_size: int, overlap_window_size: int) -> Tensor:
     """(ws*ws, ows*ows) index into OCAB's ((ws+ows-1)^2, heads) table, as the official ``rpi_oca``.
 
@@ -79,7 +79,7 @@ def overlap_relative_position_index(window_size: int, overlap_window_size: int) 
     return (rel[0] * side + rel[1]) % (side * side)
 
 
-@lru_cache(maxsize=None)
+@cache
 def shift_mask_classes(window_size: int, shift_size: int) -> Tensor:
     """(4, N, N) additive masks for shifted windows: [interior, right column, bottom row, corner].
 
@@ -148,8 +148,15 @@ class _BiasCache:
     def __init__(self) -> None:
         self._entries: dict[tuple, Tensor] = {}
 
-    def get(self, table: Tensor, index: Tensor, shape: tuple[int, int], extra: Tensor | None = None,
-            extra_key: int = -1, dtype: torch.dtype | None = None) -> Tensor:
+    def get(
+        self,
+        table: Tensor,
+        index: Tensor,
+        shape: tuple[int, int],
+        extra: Tensor | None = None,
+        extra_key: int = -1,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
         dtype = dtype or table.dtype
 
         def build() -> Tensor:
@@ -225,7 +232,9 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.register_buffer(
+            "relative_position_index", relative_position_index(window_size), persistent=False
+        )
         self._bias = _BiasCache()
 
     def _mask(self, dtype: torch.dtype, shift_class: int | None) -> Tensor:
@@ -234,8 +243,12 @@ class WindowAttention(nn.Module):
         if shift_class is not None:
             extra = shift_mask_classes(self.window_size, self.window_size // 2)[shift_class]
         return self._bias.get(
-            self.relative_position_bias_table, self.relative_position_index, (n, n),
-            extra=extra, extra_key=-1 if shift_class is None else shift_class, dtype=dtype,
+            self.relative_position_bias_table,
+            self.relative_position_index,
+            (n, n),
+            extra=extra,
+            extra_key=-1 if shift_class is None else shift_class,
+            dtype=dtype,
         )
 
     def forward(self, x: Tensor, shifted: bool) -> Tensor:
@@ -245,7 +258,10 @@ class WindowAttention(nn.Module):
         q, k, v = rearrange(
             self.qkv(x),
             "b (nh wh) (nw ww) (three heads d) -> three b nh nw heads (wh ww) d",
-            three=3, heads=self.num_heads, wh=ws, ww=ws,
+            three=3,
+            heads=self.num_heads,
+            wh=ws,
+            ww=ws,
         )
         if not shifted:
             out = attend(q, k, v, self._mask(q.dtype, None), self.fused)
@@ -258,8 +274,11 @@ class WindowAttention(nn.Module):
                 # Flatten (b, nh, nw) into one batch dim so every SDPA backend accepts it.
                 lead = part.shape[:3]
                 result = attend(
-                    part.flatten(0, 2), k[:, rows, cols].flatten(0, 2), v[:, rows, cols].flatten(0, 2),
-                    self._mask(q.dtype, shift_class), self.fused,
+                    part.flatten(0, 2),
+                    k[:, rows, cols].flatten(0, 2),
+                    v[:, rows, cols].flatten(0, 2),
+                    self._mask(q.dtype, shift_class),
+                    self.fused,
                 )
                 out[:, rows, cols] = result.unflatten(0, lead)
         out = rearrange(out, "b nh nw heads (wh ww) d -> b (nh wh) (nw ww) (heads d)", wh=ws, ww=ws)
@@ -322,20 +341,29 @@ class OCAB(nn.Module):
         ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
         shortcut = x
         q, kv = self.qkv(self.norm1(x)).tensor_split((x.shape[-1],), dim=-1)  # (B,H,W,C), (B,H,W,2C)
-        q = rearrange(q, "b (nh wh) (nw ww) (heads d) -> (b nh nw) heads (wh ww) d", wh=ws, ww=ws, heads=heads)
+        q = rearrange(
+            q, "b (nh wh) (nw ww) (heads d) -> (b nh nw) heads (wh ww) d", wh=ws, ww=ws, heads=heads
+        )
         pad = (ows - ws) // 2
         kv = F.pad(kv, (0, 0, pad, pad, pad, pad))
         # (B, nh, nw, 2C, ows, ows) strided view of the overlapping windows: no unfold copy.
         kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)
-        k, v = rearrange(kv, "b nh nw (two heads d) oh ow -> two (b nh nw) heads (oh ow) d", two=2, heads=heads)
+        k, v = rearrange(
+            kv, "b nh nw (two heads d) oh ow -> two (b nh nw) heads (oh ow) d", two=2, heads=heads
+        )
         mask = self._bias.get(
-            self.relative_position_bias_table, self.relative_position_index, (ws * ws, ows * ows),
+            self.relative_position_bias_table,
+            self.relative_position_index,
+            (ws * ws, ows * ows),
             dtype=q.dtype,
         )
         out = attend(q, k, v, mask, self.fused)
         out = rearrange(
-            out, "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)",
-            nh=x.shape[1] // ws, nw=x.shape[2] // ws, wh=ws,
+            out,
+            "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)",
+            nh=x.shape[1] // ws,
+            nw=x.shape[2] // ws,
+            wh=ws,
         )
         x = self.proj(out) + shortcut
         return x + self.mlp(self.norm2(x))
@@ -414,7 +442,9 @@ class HAT(nn.Module):
             RHAG(config, depth, heads) for depth, heads in zip(config.depths, config.num_heads, strict=True)
         )
         self.norm = nn.LayerNorm(dim)
-        self.conv_after_body = nn.Conv2d(dim, dim, 3, 1, 1) if config.resi_connection == "1conv" else nn.Identity()
+        self.conv_after_body = (
+            nn.Conv2d(dim, dim, 3, 1, 1) if config.resi_connection == "1conv" else nn.Identity()
+        )
         self.conv_before_upsample = nn.Sequential(
             nn.Conv2d(dim, config.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True)
         )

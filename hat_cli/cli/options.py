@@ -1,0 +1,44 @@
+"""Option types shared by several commands (one definition, one help text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP045  (typer needs Optional at runtime on older versions)
+    typer.Option("--model", "-m", help="Preset name or alias (see 'hat models list'); env HAT_MODEL."),
+]
+WeightsOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--weights", "-w", help="Any HAT checkpoint (.pth/.pt/.safetensors); architecture read from it."
+    ),
+]
+ScaleOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--scale", "-s", help="Upscaling factor (2, 3, 4); read from --weights if omitted."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N] | mps.")]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16.")
+]
+TileOpt = Annotated[
+    str, typer.Option("--tile", help="Tile size in input pixels; 0 = whole image; auto = fit in memory.")
+]
+RegistryOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--registry", help="Extra registry TOML adding/overriding presets; env HAT_REGISTRY."),
+]
+ConvScaleOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option("--conv-scale", help="Override conv_scale for --weights (not stored in tensor shapes)."),
+]
+ImgRangeOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option("--img-range", help="Override img_range for --weights (1.0 for all official models)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
