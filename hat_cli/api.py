@@ -43,9 +43,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ConfigError("--device cuda: no CUDA GPU is available (use --device cpu)")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    if resolved.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("--device mps: MPS is not available on this machine")
     return resolved
 

@@ -78,9 +78,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
                     f"{path}: refused: the file holds pickled objects other than tensors "
                     f"(possibly code); it was not executed. Convert it to .safetensors from a trusted source."
                 ) from exc
-            raise CheckpointError(
-                f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {text}"
-            ) from exc
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {text}") from exc
         if isinstance(raw, Mapping) and isinstance(raw.get(META_KEY), Mapping):
             meta = dict(raw[META_KEY])
     return _unwrap(raw, path), meta

@@ -44,9 +44,7 @@ def write_image(image: Image.Image, path: Path, **save_kwargs) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
     os.close(fd)
     try:
-        image.save(
-            tmp_name, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **save_kwargs
-        )
+        image.save(tmp_name, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **save_kwargs)
         os.replace(tmp_name, path)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc

@@ -113,8 +113,7 @@ class Registry:
             )
         if scale not in scales:
             raise ConfigError(
-                f"model {name!r} has no x{scale} checkpoint; available: "
-                f"{', '.join(f'x{s}' for s in sorted(scales))}"
+                f"model {name!r} has no x{scale} checkpoint; available: {', '.join(f'x{s}' for s in sorted(scales))}"
             )
         return self.presets[scales[scale]]
 
@@ -132,9 +131,7 @@ def _parse(data: Mapping[str, Any], source: str, base_families: Mapping[str, dic
     for name, table in data.get("models", {}).items():
         where = f"{source}: [models.{name!r}]"
         _check(isinstance(table, dict), source, f"[models.{name!r}] must be a table")
-        _check(
-            bool(_SAFE_FILE.match(name)), source, f"model name {name!r} may use only letters, digits and ._+-"
-        )
+        _check(bool(_SAFE_FILE.match(name)), source, f"model name {name!r} may use only letters, digits and ._+-")
         for key in ("family", "scale", "file", "sha256"):
             _check(key in table, where, f"missing required key {key!r}")
         family = table["family"]

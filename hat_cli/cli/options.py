@@ -13,18 +13,14 @@ ModelOpt = Annotated[
 ]
 WeightsOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option(
-        "--weights", "-w", help="Any HAT checkpoint (.pth/.pt/.safetensors); architecture read from it."
-    ),
+    typer.Option("--weights", "-w", help="Any HAT checkpoint (.pth/.pt/.safetensors); architecture read from it."),
 ]
 ScaleOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option("--scale", "-s", help="Upscaling factor (2, 3, 4); read from --weights if omitted."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N] | mps.")]
-PrecisionOpt = Annotated[
-    str, typer.Option("--precision", help="auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16.")
-]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16.")]
 TileOpt = Annotated[
     str, typer.Option("--tile", help="Tile size in input pixels; 0 = whole image; auto = fit in memory.")
 ]

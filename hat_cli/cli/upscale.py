@@ -87,6 +87,4 @@ def upscale(
         result = upscaler.upscale(image)
         write_image(result, target)
         if not quiet:
-            console.print(
-                f"{path} -> {target} ({result.width}x{result.height}, {upscaler.name})", highlight=False
-            )
+            console.print(f"{path} -> {target} ({result.width}x{result.height}, {upscaler.name})", highlight=False)

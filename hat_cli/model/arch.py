@@ -232,9 +232,7 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.register_buffer(
-            "relative_position_index", relative_position_index(window_size), persistent=False
-        )
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
         self._bias = _BiasCache()
 
     def _mask(self, dtype: torch.dtype, shift_class: int | None) -> Tensor:
@@ -332,25 +330,19 @@ class OCAB(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, config.mlp_hidden)
-        self.register_buffer(
-            "relative_position_index", overlap_relative_position_index(ws, ows), persistent=False
-        )
+        self.register_buffer("relative_position_index", overlap_relative_position_index(ws, ows), persistent=False)
         self._bias = _BiasCache()
 
     def forward(self, x: Tensor) -> Tensor:
         ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
         shortcut = x
         q, kv = self.qkv(self.norm1(x)).tensor_split((x.shape[-1],), dim=-1)  # (B,H,W,C), (B,H,W,2C)
-        q = rearrange(
-            q, "b (nh wh) (nw ww) (heads d) -> (b nh nw) heads (wh ww) d", wh=ws, ww=ws, heads=heads
-        )
+        q = rearrange(q, "b (nh wh) (nw ww) (heads d) -> (b nh nw) heads (wh ww) d", wh=ws, ww=ws, heads=heads)
         pad = (ows - ws) // 2
         kv = F.pad(kv, (0, 0, pad, pad, pad, pad))
         # (B, nh, nw, 2C, ows, ows) strided view of the overlapping windows: no unfold copy.
         kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)
-        k, v = rearrange(
-            kv, "b nh nw (two heads d) oh ow -> two (b nh nw) heads (oh ow) d", two=2, heads=heads
-        )
+        k, v = rearrange(kv, "b nh nw (two heads d) oh ow -> two (b nh nw) heads (oh ow) d", two=2, heads=heads)
         mask = self._bias.get(
             self.relative_position_bias_table,
             self.relative_position_index,
@@ -442,12 +434,8 @@ class HAT(nn.Module):
             RHAG(config, depth, heads) for depth, heads in zip(config.depths, config.num_heads, strict=True)
         )
         self.norm = nn.LayerNorm(dim)
-        self.conv_after_body = (
-            nn.Conv2d(dim, dim, 3, 1, 1) if config.resi_connection == "1conv" else nn.Identity()
-        )
-        self.conv_before_upsample = nn.Sequential(
-            nn.Conv2d(dim, config.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True)
-        )
+        self.conv_after_body = nn.Conv2d(dim, dim, 3, 1, 1) if config.resi_connection == "1conv" else nn.Identity()
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, config.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
         self.upsample = Upsample(config.upscale, config.num_feat)
         self.conv_last = nn.Conv2d(config.num_feat, config.in_chans, 3, 1, 1)
         self.apply(self._init_weights)
