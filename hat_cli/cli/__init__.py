@@ -1,35 +1,38 @@
 """The ``hat`` command: a thin Typer layer over the library (the only package importing typer/rich).
 
-One error boundary (:class:`HatApp`) turns every :class:`~hat_cli.errors.HatError` into one line
+One error boundary (:class:`HatGroup`) turns every :class:`~hat_cli.errors.HatError` into one line
 on stderr and its exit code; ``HAT_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import typer
+from typer.core import TyperGroup
 
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, HatError
 from .console import err_console
 
 
-class HatApp(typer.Typer):
-    """Typer app whose ``__call__`` is the single place where errors become exit codes."""
+class HatGroup(TyperGroup):
+    """Root command group whose ``invoke`` is the single place where errors become exit codes
+    (it wraps every sub-command, also under ``typer.testing.CliRunner``)."""
 
-    def __call__(self, *args, **kwargs):
+    def invoke(self, ctx: typer.Context):
         debug = bool(os.environ.get("HAT_DEBUG"))
         try:
-            return super().__call__(*args, **kwargs)
+            return super().invoke(ctx)
         except HatError as exc:
             if debug:
                 raise
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(exc.exit_code)
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
-            sys.exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors
+            raise
         except Exception as exc:  # a bug, not a user error: one line, traceback on request
             if debug:
                 raise
@@ -38,10 +41,11 @@ class HatApp(typer.Typer):
                 highlight=False,
                 soft_wrap=True,
             )
-            sys.exit(EXIT_INTERNAL)
+            raise typer.Exit(EXIT_INTERNAL) from None
 
 
-app = HatApp(
+app = typer.Typer(
+    cls=HatGroup,
     name="hat",
     help="Super-resolution with HAT (Hybrid Attention Transformer): exact, tiled, fast.",
     no_args_is_help=True,

@@ -54,7 +54,10 @@ def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -
 
 def _grid(size: int) -> Tensor:
     """(2, size*size) row/column coordinates of a size x size window, row-major."""
-    coords = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij"))
+    # Explicit CPU device: these tables are cached, so they must not inherit a default-device context.
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(size, device="cpu"), torch.arange(size, device="cpu"), indexing="ij")
+    )
     return coords.flatten(1)
 
 
@@ -87,14 +90,14 @@ def shift_mask_classes(window_size: int, shift_size: int) -> Tensor:
     of each class; every window of a larger image shares the mask of its class.
     """
     ws, size = window_size, 2 * window_size
-    labels = torch.zeros(size, size)
+    labels = torch.zeros(size, size, device="cpu")
     regions = (slice(0, -ws), slice(-ws, -shift_size), slice(-shift_size, None))
     for i, rows in enumerate(regions):
         for j, cols in enumerate(regions):
             labels[rows, cols] = 3 * i + j
     windows = window_partition(labels[None, :, :, None], ws).squeeze(-1)  # 4, N
     differs = windows[:, None, :] != windows[:, :, None]
-    return torch.zeros(differs.shape).masked_fill(differs, SHIFT_MASK_VALUE)
+    return torch.zeros(differs.shape, device="cpu").masked_fill(differs, SHIFT_MASK_VALUE)
 
 
 # (rows, columns, class) of the window grid; see shift_mask_classes.

@@ -99,7 +99,7 @@ def detect_config(
     ``conv_scale`` and ``img_range`` leave no trace in the shapes, so they are passed in.
     Raises :class:`NotHATStateDict` when the keys or shapes are not HAT's.
     """
-    required = ("conv_first.weight", "conv_after_body.weight", "conv_last.weight")
+    required = ("conv_first.weight", "conv_last.weight")
     missing = [k for k in required if k not in state_dict]
     if missing or not any(_BLOCK_KEY.match(k) for k in state_dict):
         raise NotHATStateDict("no HAT tensors (conv_first, layers.N.residual_group.blocks.M, ...) found")

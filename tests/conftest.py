@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hat_cli.checkpoint import save_checkpoint
+from hat_cli.model import HAT, HATConfig
+
+DATA = Path(__file__).parent / "data"
+REFERENCE = DATA / "hat-reference"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def reference_cases() -> list[tuple[str, dict, dict]]:
+    """(model name, model entry, case) for every case of the reference manifest."""
+    manifest = json.loads((REFERENCE / "manifest.json").read_text())
+    return [(name, entry, case) for name, entry in manifest.items() for case in entry["cases"]]
+
+
+TINY_CONFIG = HATConfig(
+    upscale=2,
+    embed_dim=12,
+    depths=(1,),
+    num_heads=(2,),
+    window_size=4,
+    compress_ratio=3,
+    squeeze_factor=4,
+    mlp_ratio=1.0,
+)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A random tiny x2 HAT saved in the official .pth layout."""
+    torch.manual_seed(0)
+    model = HAT(TINY_CONFIG)
+    return save_checkpoint(tmp_path / "tiny_x2.pth", model.state_dict(), TINY_CONFIG, params=model.state_dict())
