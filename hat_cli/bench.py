@@ -397,7 +397,7 @@ def _resolve_pairs(pairs_or_dirs: Any, scale: int) -> list[ImagePair]:
     if isinstance(pairs_or_dirs, str | os.PathLike):
         return pair_images(pairs_or_dirs, None, scale).pairs
     items = list(pairs_or_dirs)
-    if items and all(isinstance(p, ImagePair) for p in items):
+    if all(isinstance(p, ImagePair) for p in items):  # an empty list too: run_bench reports it
         return items
     if len(items) == 2 and isinstance(items[0], str | os.PathLike):
         lr_dir = items[1]
@@ -494,6 +494,8 @@ def run_bench(
             _check_lr_size(pair, _image_size(pair.hr), _image_size(pair.lr), scale)
 
     names = list(models)
+    if save_sr_dir is not None and len({_safe_dirname(n) for n in names}) < len(names):
+        raise ConfigError(f"model names {names} would share an SR folder under {save_sr_dir}")
     scores: dict[str, list[ImageScore]] = {m: [] for m in names}
     megapixels = 0.0
     out_root = Path(save_sr_dir) if save_sr_dir is not None else None
@@ -504,18 +506,22 @@ def run_bench(
         hw = (hr.shape[0], hr.shape[1])
         megapixels += hw[0] * hw[1] / 1e6
         for name in names:
+            lr_in = lr_rgb.copy()  # a model may write into its input
             start = time.perf_counter()
-            sr = models[name](lr_rgb.copy())  # a copy: a model may write into its input
+            sr = models[name](lr_in)
             seconds = time.perf_counter() - start
             sr = _check_sr(sr, name, pair.name, hw, scale, gray=hr.ndim == 2)
             if out_root is not None:
                 _save_png(sr, out_root / _safe_dirname(name) / f"{pair.name}.png")
-            score = ImageScore(
-                name=pair.name,
-                psnr=psnr(sr, hr, border, channel),
-                ssim=ssim(sr, hr, border, channel),
-                seconds=seconds,
-            )
+            try:
+                score = ImageScore(
+                    name=pair.name,
+                    psnr=psnr(sr, hr, border, channel),
+                    ssim=ssim(sr, hr, border, channel),
+                    seconds=seconds,
+                )
+            except ValueError as exc:  # too small for the crop or the 11x11 SSIM window
+                raise InputImageError(f"{pair.name}: cannot score ({exc})") from exc
             scores[name].append(score)
             if progress is not None:
                 progress(name, score)
