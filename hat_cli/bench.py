@@ -1,0 +1,542 @@
+"""Benchmark super-resolution models against ground-truth folders, scored like the HAT paper.
+
+Library half of ``hat bench``: no CLI or terminal code here.
+
+Pairing HR (ground truth) and LR (input) files
+----------------------------------------------
+Files are matched by name, case-insensitively, ignoring the extension (``.png .jpg .jpeg .bmp
+.tif .tiff .webp``; hidden files are skipped):
+
+1. identical stems pair first (``baby.png`` <-> ``baby.png``);
+2. otherwise both stems are reduced to a key by repeatedly removing known trailing suffixes, and
+   equal keys pair. From an LR stem: ``x<scale>`` with or without a ``_``/``-``/``.`` before it,
+   and ``_LR``, ``_LRBI``, ``_LRBD``, ``_LRDN``, ``_BI``, ``_BD``, ``_DN``, ``_bicubic``; from an
+   HR stem: ``_HR``, ``_GT``; from both: ``_SRF_<scale>``. So ``baby.png`` pairs with
+   ``baby_LRBI_x4.png``, ``babyx4.png``, ``baby_x4.png`` or ``baby_LR.png``, and
+   ``img_001_SRF_4_HR.png`` with ``img_001_SRF_4_LR.png``.
+
+Only the requested scale's ``x<scale>``/``SRF_<scale>`` is removed, so an x2 input is never
+paired for an x4 run. HR files whose key is shared with another HR file only pair by identical
+stem. Every HR and LR file is used at most once; the rest are reported as unpaired.
+
+A pair's ``name`` (used in results and for saved SR files) is the HR stem without its ``_HR``/
+``_GT``/``_SRF_<scale>`` suffixes (``img_001``), or the full stem if that would not be unique.
+
+Without an LR folder the inputs are generated the way the benchmark files were: HR is cropped to
+a multiple of ``scale`` (bottom/right) and shrunk with MATLAB's bicubic ``imresize`` rounded to
+uint8 (:func:`make_lr`). With an LR folder, each LR image must be exactly the mod-cropped HR size
+divided by ``scale``, else :class:`~hat_cli.errors.InputImageError` names the pair.
+
+Images and models
+-----------------
+Images are read with Pillow. RGB, palette, RGBA (alpha dropped) and CMYK become ``HxWx3`` uint8;
+8-bit grayscale (``L``, ``LA``, ``1``) stays ``HxW`` uint8. 16-bit and float images are refused.
+
+A model is any callable taking a uint8 ``hxwx3`` RGB LR image and returning a uint8
+``(h*scale)x(w*scale)x3`` SR image. Grayscale LR is given to models as three equal channels; when
+the HR is grayscale the SR is brought back to one channel (channel mean, rounded) and scored as is,
+as BasicSR's metrics treat 2-D images (no luma formula on a gray value).
+
+Scores are :func:`hat_cli.metrics.psnr` / :func:`~hat_cli.metrics.ssim` on the Y channel (or RGB)
+with ``crop_border = scale`` unless told otherwise; means are plain averages over images.
+``seconds`` times the model call only (not reading, scoring or saving).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from PIL import Image
+
+from hat_cli.errors import ConfigError, InputImageError, OutputError
+from hat_cli.imresize import imresize, to_uint8
+from hat_cli.metrics import Channel, mod_crop, psnr, ssim
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "BenchResult",
+    "ImagePair",
+    "ImageScore",
+    "MeanScores",
+    "ModelResult",
+    "Pairing",
+    "bicubic_model",
+    "bicubic_upscale",
+    "list_images",
+    "load_pair",
+    "make_lr",
+    "pair_images",
+    "read_image",
+    "run_bench",
+    "write_csv",
+]
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+Model = Callable[[np.ndarray], np.ndarray]
+PathLike = str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------- pairing
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One ground-truth image and its input; ``lr is None`` means "generate it from ``hr``"."""
+
+    name: str
+    hr: Path
+    lr: Path | None = None
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Result of :func:`pair_images`: the pairs (sorted by HR name) and the files left over."""
+
+    pairs: list[ImagePair]
+    unpaired_hr: list[Path]
+    unpaired_lr: list[Path]
+
+
+def list_images(folder: PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name; :class:`ConfigError` if not a folder."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"not a folder: {path}")
+    return sorted(
+        (p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _is_image(p)),
+        key=lambda p: p.name,
+    )
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+_SEP = r"[_\-.]"
+
+
+@functools.cache
+def _suffix_patterns(scale: int, role: str) -> tuple[re.Pattern[str], ...]:
+    """Trailing-suffix regexes (case-insensitive) stripped from stems of HR (``role='hr'``) or LR files."""
+    flags = re.IGNORECASE
+    common = [re.compile(rf"{_SEP}srf{_SEP}?{scale}$", flags)]
+    if role == "hr":
+        return (re.compile(rf"{_SEP}(?:hr|gt)$", flags), *common)
+    return (
+        re.compile(rf"{_SEP}?x{scale}$", flags),
+        re.compile(rf"{_SEP}(?:lr|lrbi|lrbd|lrdn|bi|bd|dn|bicubic)$", flags),
+        *common,
+    )
+
+
+def _strip_suffixes(stem: str, scale: int, role: str) -> str:
+    """``stem`` without its trailing role/scale suffixes, case kept (``img_001_SRF_4_HR`` -> ``img_001``)."""
+    patterns = _suffix_patterns(scale, role)
+    changed = True
+    while changed:
+        changed = False
+        for pattern in patterns:
+            stripped = pattern.sub("", stem)
+            if stripped and stripped != stem:  # never strip a name down to nothing
+                stem, changed = stripped, True
+    return stem
+
+
+def _name_key(stem: str, scale: int, role: str) -> str:
+    return _strip_suffixes(stem, scale, role).lower()
+
+
+def _display_names(hr_files: Sequence[Path], scale: int) -> dict[Path, str]:
+    """Result names: HR stems without ``_HR``/``_SRF_<s>``, unless that would make two names equal."""
+    short = {p: _strip_suffixes(p.stem, scale, "hr") for p in hr_files}
+    counts: dict[str, int] = {}
+    for name in short.values():
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    return {p: name if counts[name.lower()] == 1 else p.stem for p, name in short.items()}
+
+
+def pair_images(hr_dir: PathLike, lr_dir: PathLike | None, scale: int) -> Pairing:
+    """Pair the images of ``hr_dir`` with those of ``lr_dir`` by name (rules in the module docstring).
+
+    With ``lr_dir=None`` every HR image becomes a pair with a generated input.
+    """
+    _check_scale(scale)
+    hr_files = list_images(hr_dir)
+    names = _display_names(hr_files, scale)
+    if lr_dir is None:
+        return Pairing([ImagePair(names[p], p, None) for p in hr_files], [], [])
+    lr_files = list_images(lr_dir)
+
+    by_stem: dict[str, Path] = {}
+    by_key: dict[str, list[Path]] = {}
+    for hr in hr_files:
+        by_stem.setdefault(hr.stem.lower(), hr)
+        by_key.setdefault(_name_key(hr.stem, scale, "hr"), []).append(hr)
+
+    matched: dict[Path, Path] = {}  # HR -> LR
+    used_lr: set[Path] = set()
+    # Two passes so that an identical stem is never taken by a looser key match of another file.
+    for lr in lr_files:
+        hr = by_stem.get(lr.stem.lower())
+        if hr is not None and hr not in matched:
+            matched[hr] = lr
+            used_lr.add(lr)
+    for lr in lr_files:
+        if lr in used_lr:
+            continue
+        candidates = by_key.get(_name_key(lr.stem, scale, "lr"), [])
+        if len(candidates) == 1 and candidates[0] not in matched:
+            matched[candidates[0]] = lr
+            used_lr.add(lr)
+
+    pairs = [ImagePair(names[hr], hr, matched[hr]) for hr in hr_files if hr in matched]
+    unpaired_hr = [hr for hr in hr_files if hr not in matched]
+    unpaired_lr = [lr for lr in lr_files if lr not in used_lr]
+    return Pairing(pairs, unpaired_hr, unpaired_lr)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an 8-bit image: ``HxWx3`` uint8 RGB, or ``HxW`` uint8 for grayscale.
+
+    Raises :class:`InputImageError` for unreadable files and 16-bit or float images.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I", "F") or mode.startswith("I;"):
+                raise InputImageError(f"{path}: {mode} images (16-bit or float) are not supported")
+            if mode in ("L", "LA", "1"):
+                return np.asarray(im.convert("L"), dtype=np.uint8)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except InputImageError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputImageError(f"{path}: cannot read image ({exc})") from exc
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputImageError(f"{path}: cannot read image ({exc})") from exc
+
+
+def _check_scale(scale: int) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or scale < 1:
+        raise ConfigError(f"scale must be a positive integer, got {scale!r}")
+
+
+def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """Benchmark input from ground truth: MATLAB ``imresize(modcrop(hr, s), 1/s, 'bicubic')``.
+
+    ``HxW[x3]`` uint8 in, ``(H//s)x(W//s)[x3]`` uint8 out; bit-identical to the published Set5
+    (RCAN ``LRBI``) and BSD100 (SelfExSR) files.
+    """
+    _check_scale(scale)
+    cropped = mod_crop(hr, scale)
+    h, w = cropped.shape[:2]
+    if h == 0 or w == 0:
+        raise InputImageError(f"a {hr.shape[0]}x{hr.shape[1]} image is smaller than the scale {scale}")
+    small = imresize(cropped, 1.0 / scale, output_shape=(h // scale, w // scale), round_between_passes=True)
+    return to_uint8(small)
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """The ``bicubic`` baseline: MATLAB ``imresize(lr, s, 'bicubic')`` on uint8.
+
+    ``hxw[x3]`` uint8 in, ``(h*s)x(w*s)[x3]`` uint8 out.
+    """
+    _check_scale(scale)
+    h, w = lr.shape[:2]
+    big = imresize(lr, float(scale), output_shape=(h * scale, w * scale), round_between_passes=True)
+    return to_uint8(big)
+
+
+def bicubic_model(scale: int) -> Model:
+    """:func:`bicubic_upscale` at a fixed scale, in the model shape :func:`run_bench` takes."""
+    _check_scale(scale)
+    return functools.partial(bicubic_upscale, scale=scale)
+
+
+def load_pair(pair: ImagePair, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mod-cropped HR and its LR (read, or made by :func:`make_lr`), as uint8 arrays.
+
+    Raises :class:`InputImageError` when a given LR is not exactly the cropped HR size / ``scale``.
+    """
+    hr = mod_crop(read_image(pair.hr), scale)
+    if pair.lr is None:
+        return hr, make_lr(hr, scale)
+    lr = read_image(pair.lr)
+    _check_lr_size(pair, (hr.shape[0], hr.shape[1]), (lr.shape[0], lr.shape[1]), scale)
+    return hr, lr
+
+
+def _check_lr_size(pair: ImagePair, hr_hw: tuple[int, int], lr_hw: tuple[int, int], scale: int) -> None:
+    """``hr_hw`` is the HR size, cropped or not: the expectation is computed from its mod-crop."""
+    want = (hr_hw[0] // scale, hr_hw[1] // scale)
+    if lr_hw != want:
+        raise InputImageError(
+            f"{pair.name}: LR {pair.lr} is {lr_hw[1]}x{lr_hw[0]} but HR {pair.hr} cropped to a multiple "
+            f"of {scale} needs {want[1]}x{want[0]} (width x height)"
+        )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ImageScore:
+    """Scores of one model on one image; ``seconds`` is the model call alone."""
+
+    name: str
+    psnr: float
+    ssim: float
+    seconds: float
+
+
+@dataclass
+class MeanScores:
+    psnr: float
+    ssim: float
+
+
+@dataclass
+class ModelResult:
+    """One model over the whole set. ``megapixels_per_second`` counts SR output pixels."""
+
+    model: str
+    mean: MeanScores
+    images: list[ImageScore]
+    seconds_total: float
+    megapixels_per_second: float
+
+
+@dataclass
+class BenchResult:
+    """Everything :func:`run_bench` measured; ``dataclasses.asdict`` gives the JSON shape.
+
+    ``{"scale", "models": [{"model", "mean": {"psnr", "ssim"}, "images": [{"name", "psnr", "ssim",
+    "seconds"}], "seconds_total", "megapixels_per_second"}]}``
+    """
+
+    scale: int
+    models: list[ModelResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict/list/str/float tree (``inf`` PSNR of a perfect image stays ``float('inf')``)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Strict JSON: non-finite numbers (``inf`` PSNR, rate of a zero-time run) become ``null``."""
+        return json.dumps(_finite_or_none(self.to_dict()), indent=indent, allow_nan=False)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+CSV_COLUMNS = ("scale", "model", "image", "psnr", "ssim", "seconds")
+
+
+def write_csv(result: BenchResult, dest: PathLike | TextIO) -> None:
+    """One row per (model, image): ``scale,model,image,psnr,ssim,seconds`` with a header.
+
+    ``dest`` is a path (overwritten) or an open text file. Floats keep full precision; a perfect
+    image's PSNR is written as ``inf``.
+    """
+    if hasattr(dest, "write"):
+        _write_csv_rows(result, dest)  # an open file: the caller owns it
+        return
+    try:
+        with open(dest, "w", newline="", encoding="utf-8") as fh:
+            _write_csv_rows(result, fh)
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write CSV ({exc})") from exc
+
+
+def _write_csv_rows(result: BenchResult, fh: TextIO) -> None:
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for model in result.models:
+        for img in model.images:
+            writer.writerow([result.scale, model.model, img.name, img.psnr, img.ssim, img.seconds])
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _resolve_pairs(pairs_or_dirs: Any, scale: int) -> list[ImagePair]:
+    if isinstance(pairs_or_dirs, Pairing):
+        return list(pairs_or_dirs.pairs)
+    if isinstance(pairs_or_dirs, str | os.PathLike):
+        return pair_images(pairs_or_dirs, None, scale).pairs
+    items = list(pairs_or_dirs)
+    if all(isinstance(p, ImagePair) for p in items):  # an empty list too: run_bench reports it
+        return items
+    if len(items) == 2 and isinstance(items[0], str | os.PathLike):
+        lr_dir = items[1]
+        if lr_dir is not None and not isinstance(lr_dir, str | os.PathLike):
+            raise ConfigError(f"LR folder must be a path or None, got {lr_dir!r}")
+        return pair_images(items[0], lr_dir, scale).pairs
+    raise ConfigError(
+        "run_bench takes a Pairing, a list of ImagePair, an HR folder, or an (HR folder, LR folder) pair"
+    )
+
+
+def _safe_dirname(name: str) -> str:
+    cleaned = re.sub(r"[^\w.\-]+", "_", name).strip("._")
+    return cleaned or "model"
+
+
+def _save_png(img: np.ndarray, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot save SR image ({exc})") from exc
+
+
+def _check_sr(sr: Any, model: str, name: str, want_hw: tuple[int, int], scale: int, gray: bool) -> np.ndarray:
+    """Validate a model's output and shape it like the HR: ``HxW`` if ``gray`` else ``HxWx3``."""
+    if not isinstance(sr, np.ndarray) or sr.dtype != np.uint8:
+        kind = sr.dtype if isinstance(sr, np.ndarray) else type(sr).__name__
+        raise ConfigError(f"model {model!r} returned {kind} for {name}; models must return a uint8 array")
+    if sr.ndim == 3 and sr.shape[2] == 1:
+        sr = sr[:, :, 0]
+    if sr.shape[:2] != want_hw or sr.ndim not in (2, 3) or (sr.ndim == 3 and sr.shape[2] != 3):
+        raise ConfigError(
+            f"model {model!r} returned shape {sr.shape} for {name}, expected {want_hw[0]}x{want_hw[1]}x3 "
+            f"(is it an x{scale} model?)"
+        )
+    if gray and sr.ndim == 3:
+        return to_uint8(sr.mean(axis=2))  # gray ground truth: score one channel
+    if not gray and sr.ndim == 2:
+        raise ConfigError(f"model {model!r} returned a single-channel image for RGB {name}")
+    return sr
+
+
+def _mean(values: Iterable[float]) -> float:
+    vals = list(values)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def run_bench(
+    pairs_or_dirs: Pairing | Sequence[ImagePair] | PathLike | tuple[PathLike, PathLike | None],
+    scale: int,
+    models: Mapping[str, Model],
+    crop_border: int | None = None,
+    channel: Channel = "y",
+    save_sr_dir: PathLike | None = None,
+    *,
+    progress: Callable[[str, ImageScore], None] | None = None,
+) -> BenchResult:
+    """Score every model on every pair.
+
+    Args:
+        pairs_or_dirs: a :class:`Pairing` or list of :class:`ImagePair`; or an HR folder (inputs
+            generated); or ``(hr_dir, lr_dir)`` (``lr_dir`` may be None). Folders are paired with
+            :func:`pair_images` and unpaired files are skipped silently - call it yourself to
+            report them.
+        scale: integer upscaling factor.
+        models: name -> callable, uint8 ``hxwx3`` LR -> uint8 ``(h*scale)x(w*scale)x3`` SR.
+            Results keep this order.
+        crop_border: pixels dropped from each edge before scoring; default ``scale``.
+        channel: ``'y'`` (paper convention) or ``'rgb'``.
+        save_sr_dir: if given, each SR image is saved as ``<save_sr_dir>/<model>/<name>.png``
+            (model name with unsafe characters replaced by ``_``).
+        progress: called as ``progress(model_name, image_score)`` after each scored image.
+
+    Every given LR size is checked (from file headers) before any model runs, so a wrong folder
+    fails fast with :class:`InputImageError`. A model returning a wrong dtype or size raises
+    :class:`ConfigError`. Images are loaded once and run through all models in turn.
+    """
+    _check_scale(scale)
+    scale = int(scale)
+    if not models:
+        raise ConfigError("no models to benchmark")
+    if channel not in ("y", "rgb"):
+        raise ConfigError(f"channel must be 'y' or 'rgb', got {channel!r}")
+    border = scale if crop_border is None else int(crop_border)
+    if border < 0:
+        raise ConfigError(f"crop_border must be >= 0, got {crop_border}")
+    pairs = _resolve_pairs(pairs_or_dirs, scale)
+    if not pairs:
+        raise ConfigError("no image pairs to benchmark")
+
+    for pair in pairs:
+        if pair.lr is not None:
+            _check_lr_size(pair, _image_size(pair.hr), _image_size(pair.lr), scale)
+
+    names = list(models)
+    if save_sr_dir is not None and len({_safe_dirname(n) for n in names}) < len(names):
+        raise ConfigError(f"model names {names} would share an SR folder under {save_sr_dir}")
+    scores: dict[str, list[ImageScore]] = {m: [] for m in names}
+    megapixels = 0.0
+    out_root = Path(save_sr_dir) if save_sr_dir is not None else None
+    for pair in pairs:
+        hr, lr = load_pair(pair, scale)
+        lr_rgb = lr if lr.ndim == 3 else np.repeat(lr[:, :, None], 3, axis=2)
+        lr_rgb = np.ascontiguousarray(lr_rgb)
+        hw = (hr.shape[0], hr.shape[1])
+        megapixels += hw[0] * hw[1] / 1e6
+        for name in names:
+            lr_in = lr_rgb.copy()  # a model may write into its input
+            start = time.perf_counter()
+            sr = models[name](lr_in)
+            seconds = time.perf_counter() - start
+            sr = _check_sr(sr, name, pair.name, hw, scale, gray=hr.ndim == 2)
+            if out_root is not None:
+                _save_png(sr, out_root / _safe_dirname(name) / f"{pair.name}.png")
+            try:
+                score = ImageScore(
+                    name=pair.name,
+                    psnr=psnr(sr, hr, border, channel),
+                    ssim=ssim(sr, hr, border, channel),
+                    seconds=seconds,
+                )
+            except ValueError as exc:  # too small for the crop or the 11x11 SSIM window
+                raise InputImageError(f"{pair.name}: cannot score ({exc})") from exc
+            scores[name].append(score)
+            if progress is not None:
+                progress(name, score)
+
+    results = []
+    for name in names:
+        images = scores[name]
+        total = float(sum(s.seconds for s in images))
+        results.append(
+            ModelResult(
+                model=name,
+                mean=MeanScores(psnr=_mean(s.psnr for s in images), ssim=_mean(s.ssim for s in images)),
+                images=images,
+                seconds_total=total,
+                megapixels_per_second=megapixels / total if total > 0 else float("inf"),
+            )
+        )
+    return BenchResult(scale=scale, models=results)
