@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .bench import BicubicUpscaler
 from .checkpoint import load_model
 from .errors import ConfigError
 from .model import HAT
@@ -180,9 +181,9 @@ def open_upscaler(
     conv_scale: float | None = None,
     img_range: float | None = None,
     **kwargs,
-) -> Upscaler:
+) -> Upscaler | BicubicUpscaler:
     """The CLI's model choice: ``--weights FILE`` or ``--model NAME`` (default ``$HAT_MODEL`` or
-    the ImageNet-pretrained ``hat`` family) at ``--scale``."""
+    the ImageNet-pretrained ``hat`` family) at ``--scale``; ``bicubic`` is the MATLAB baseline."""
     if weights is not None:
         if model is not None:
             raise ConfigError("give either --model or --weights, not both")
@@ -193,4 +194,8 @@ def open_upscaler(
     if conv_scale is not None or img_range is not None:
         raise ConfigError("--conv-scale/--img-range apply to --weights files only")
     name = model or os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_FAMILY
+    if name.lower() == BicubicUpscaler.name:  # no weights: device/precision/tile do not apply
+        if scale is None:
+            raise ConfigError("--model bicubic needs --scale")
+        return BicubicUpscaler(scale)
     return Upscaler.from_preset(name, scale, registry=load_registry(registry), **kwargs)

@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, overload
 
 import numpy as np
 from PIL import Image
@@ -67,6 +67,7 @@ from hat_cli.metrics import Channel, mod_crop, psnr, ssim
 __all__ = [
     "IMAGE_EXTENSIONS",
     "BenchResult",
+    "BicubicUpscaler",
     "ImagePair",
     "ImageScore",
     "MeanScores",
@@ -74,6 +75,7 @@ __all__ = [
     "Pairing",
     "bicubic_model",
     "bicubic_upscale",
+    "check_pairs",
     "list_images",
     "load_pair",
     "make_lr",
@@ -278,6 +280,56 @@ def bicubic_model(scale: int) -> Model:
     return functools.partial(bicubic_upscale, scale=scale)
 
 
+class BicubicUpscaler:
+    """The ``bicubic`` baseline with the upscaler surface the CLI uses (``name``, ``scale``, ``upscale``).
+
+    What ``open_upscaler(model="bicubic", scale=s)`` returns, so ``hat upscale --model bicubic``
+    writes the exact image papers compare against (:func:`bicubic_upscale`).
+    """
+
+    name = "bicubic"
+
+    def __init__(self, scale: int) -> None:
+        _check_scale(scale)
+        self.scale = int(scale)
+
+    @overload
+    def upscale(self, image: Image.Image) -> Image.Image: ...
+    @overload
+    def upscale(self, image: np.ndarray) -> np.ndarray: ...
+
+    def upscale(self, image):
+        """PIL image (-> RGB PIL image) or ``HxW[x3]`` uint8 array (-> uint8 array)."""
+        if isinstance(image, Image.Image):
+            return Image.fromarray(bicubic_upscale(np.asarray(image.convert("RGB")), self.scale))
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            raise ValueError(f"bicubic upscaling takes uint8 images, got {array.dtype}")
+        return bicubic_upscale(array, self.scale)
+
+
+def check_pairs(pairs: Pairing | Sequence[ImagePair], scale: int) -> tuple[list[ImagePair], list[InputImageError]]:
+    """Split ``pairs`` into those that can be scored and one :class:`InputImageError` per other pair.
+
+    Reads file headers only: an unreadable HR or LR, or a given LR that is not exactly the
+    mod-cropped HR size / ``scale``, makes a pair fail. :func:`run_bench` raises the first error;
+    ``hat bench`` reports each and scores the rest.
+    """
+    _check_scale(scale)
+    good: list[ImagePair] = []
+    errors: list[InputImageError] = []
+    for pair in pairs.pairs if isinstance(pairs, Pairing) else pairs:
+        try:
+            hr_hw = _image_size(pair.hr)
+            if pair.lr is not None:
+                _check_lr_size(pair, hr_hw, _image_size(pair.lr), scale)
+        except InputImageError as exc:
+            errors.append(exc)
+        else:
+            good.append(pair)
+    return good, errors
+
+
 def load_pair(pair: ImagePair, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """Mod-cropped HR and its LR (read, or made by :func:`make_lr`), as uint8 arrays.
 
@@ -404,9 +456,7 @@ def _resolve_pairs(pairs_or_dirs: Any, scale: int) -> list[ImagePair]:
         if lr_dir is not None and not isinstance(lr_dir, str | os.PathLike):
             raise ConfigError(f"LR folder must be a path or None, got {lr_dir!r}")
         return pair_images(items[0], lr_dir, scale).pairs
-    raise ConfigError(
-        "run_bench takes a Pairing, a list of ImagePair, an HR folder, or an (HR folder, LR folder) pair"
-    )
+    raise ConfigError("run_bench takes a Pairing, a list of ImagePair, an HR folder, or an (HR folder, LR folder) pair")
 
 
 def _safe_dirname(name: str) -> str:
@@ -472,8 +522,8 @@ def run_bench(
             (model name with unsafe characters replaced by ``_``).
         progress: called as ``progress(model_name, image_score)`` after each scored image.
 
-    Every given LR size is checked (from file headers) before any model runs, so a wrong folder
-    fails fast with :class:`InputImageError`. A model returning a wrong dtype or size raises
+    Every pair is checked with :func:`check_pairs` (file headers only) before any model runs, so a
+    wrong folder fails fast with :class:`InputImageError`. A model returning a wrong dtype or size raises
     :class:`ConfigError`. Images are loaded once and run through all models in turn.
     """
     _check_scale(scale)
@@ -489,9 +539,9 @@ def run_bench(
     if not pairs:
         raise ConfigError("no image pairs to benchmark")
 
-    for pair in pairs:
-        if pair.lr is not None:
-            _check_lr_size(pair, _image_size(pair.hr), _image_size(pair.lr), scale)
+    _, errors = check_pairs(pairs, scale)
+    if errors:
+        raise errors[0]
 
     names = list(models)
     if save_sr_dir is not None and len({_safe_dirname(n) for n in names}) < len(names):

@@ -17,6 +17,7 @@ from hat_cli.bench import (
     ImageScore,
     bicubic_model,
     bicubic_upscale,
+    check_pairs,
     load_pair,
     make_lr,
     pair_images,
@@ -279,6 +280,19 @@ def test_run_bench_checks_lr_sizes_before_running_models(hr_dir: Path, tmp_path:
     with pytest.raises(InputImageError, match=r"^im1: "):
         run_bench((hr_dir, lr_dir), 4, {"m": model})
     assert calls == []
+
+
+def test_check_pairs_keeps_the_good_ones(hr_dir: Path, tmp_path: Path) -> None:
+    lr_dir = tmp_path / "LR"
+    _save(_smooth(6, 7, 0), lr_dir / "im0_x4.png")  # right
+    _save(_smooth(6, 7, 1), lr_dir / "im1_x4.png")  # wrong: needs 6x6
+    (lr_dir / "im2_x4.png").write_bytes(b"not an image")
+    good, errors = check_pairs(pair_images(hr_dir, lr_dir, 4), 4)
+    assert [p.name for p in good] == ["im0"]
+    assert [str(e).split(":")[0] for e in errors] == ["im1", str(lr_dir / "im2_x4.png")]
+    assert all(isinstance(e, InputImageError) for e in errors)
+    good, errors = check_pairs(pair_images(hr_dir, None, 4).pairs, 4)  # generated inputs: HR only
+    assert (len(good), errors) == (3, [])
 
 
 def test_run_bench_rejects_bad_model_output(hr_dir: Path) -> None:

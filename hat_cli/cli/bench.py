@@ -1,0 +1,222 @@
+"""``hat bench``: PSNR/SSIM of models against a ground-truth folder, scored like the HAT paper."""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperCommand
+
+from ..api import open_upscaler
+from ..bench import BenchResult, ImagePair, ImageScore, Model, check_pairs, pair_images, run_bench, write_csv
+from ..errors import EXIT_SOME_FAILED, ConfigError
+from .console import console, err_console
+from .options import DeviceOpt, JsonOpt, PrecisionOpt, RegistryOpt, TileOpt
+from .upscale import parse_tile
+
+_ORDER_KEY = "hat.bench.model_order"
+_MODEL_PARAMS = ("model", "weights")
+
+
+class BenchCommand(TyperCommand):
+    """Records the command-line order of ``--model``/``--weights`` (Typer keeps one list per option)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # the parser consumes its list
+        ctx.meta[_ORDER_KEY] = [p.name for p in order if p.name in _MODEL_PARAMS]
+        return super().parse_args(ctx, args)
+
+
+class ChannelChoice(StrEnum):
+    y = "y"
+    rgb = "rgb"
+
+
+_FOLDER = dict(exists=True, file_okay=False, dir_okay=True, show_default=False)
+
+
+def bench(
+    ctx: typer.Context,
+    hr: Annotated[Path, typer.Option("--hr", help="Ground-truth (HR) images.", **_FOLDER)],
+    scale: Annotated[int, typer.Option("--scale", "-s", min=1, help="Upscaling factor.", show_default=False)],
+    lr: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--lr", help="Input (LR) images, paired by name; default: made from HR with MATLAB bicubic.", **_FOLDER
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME",
+            help="Preset name or alias, or 'bicubic'; repeat for more columns.",
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(
+            "--weights",
+            "-w",
+            metavar="FILE",
+            help="A HAT checkpoint file; repeatable, mixes with --model in the order given.",
+            show_default=False,
+        ),
+    ] = None,
+    crop_border: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--crop-border",
+            min=0,
+            help="Pixels cropped from each edge before scoring (default: the scale).",
+            show_default=False,
+        ),
+    ] = None,
+    channel: Annotated[
+        ChannelChoice, typer.Option("--channel", help="Score the Y (BT.601 luma) channel or RGB.")
+    ] = ChannelChoice.y,
+    save_sr: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--save-sr", help="Save SR images as DIR/<model>/<image>.png.", file_okay=False, show_default=False
+        ),
+    ] = None,
+    csv_path: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--csv", help="Write scale,model,image,psnr,ssim,seconds rows to FILE.", dir_okay=False, show_default=False
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    tile: TileOpt = "0",
+    registry: RegistryOpt = None,
+) -> None:
+    """Score models against ground truth: hat bench --hr Set5/HR --scale 4 --model bicubic --model hat."""
+    specs = _model_specs(ctx, model or [], weights or [])
+    if not specs:
+        raise ConfigError("name a model to score: --model NAME, --model bicubic or --weights FILE (repeatable)")
+    tile_size = parse_tile(tile)
+
+    pairing = pair_images(hr, lr, scale)
+    if pairing.unpaired_hr:
+        _warn(f"{len(pairing.unpaired_hr)} HR image(s) without an LR image, skipped", pairing.unpaired_hr)
+    if pairing.unpaired_lr:
+        _warn(f"{len(pairing.unpaired_lr)} LR image(s) without an HR image, skipped", pairing.unpaired_lr)
+    if not pairing.pairs and lr is None:
+        raise ConfigError(f"no images in {hr}")
+    if not pairing.pairs:
+        raise ConfigError(f"no image pairs in {hr} and {lr}: LR names must be HR names plus a suffix like _x{scale}")
+    pairs, failures = check_pairs(pairing, scale)
+    for failure in failures:
+        err_console.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
+
+    models: dict[str, Model] = {}
+    for kind, value in specs:
+        upscaler = open_upscaler(
+            registry=registry,
+            device=device,
+            precision=precision,
+            tile=0 if tile_size == "auto" else tile_size,
+            scale=scale,
+            **{kind: value},
+        )
+        name = upscaler.name
+        if name in models and kind == "weights":
+            name = str(value)  # two files with the same name in different folders
+        if name in models:
+            raise ConfigError(f"model {name} is given twice")
+        models[name] = upscaler.upscale
+
+    if pairs:
+        result = _run(pairs, scale, models, crop_border, channel.value, save_sr)
+        if csv_path is not None:
+            write_csv(result, csv_path)
+        if as_json:
+            typer.echo(result.to_json())
+        else:
+            _print_result(result, hr, crop_border, channel.value)
+    if failures:
+        err_console.print(f"{len(failures)} of {len(pairing.pairs)} image pair(s) could not be scored", highlight=False)
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _model_specs(ctx: typer.Context, models: list[str], weights: list[Path]) -> list[tuple[str, str | Path]]:
+    """``[("model", name) | ("weights", path)]`` in command-line order."""
+    order = ctx.meta.get(_ORDER_KEY) or ["model"] * len(models) + ["weights"] * len(weights)
+    values = {"model": iter(models), "weights": iter(weights)}
+    return [(kind, next(values[kind])) for kind in order]
+
+
+def _warn(message: str, paths: list[Path]) -> None:
+    names = ", ".join(p.name for p in paths)
+    err_console.print(f"[yellow]warning:[/] {message}: {names}", highlight=False, soft_wrap=True)
+
+
+def _run(
+    pairs: list[ImagePair],
+    scale: int,
+    models: dict[str, Model],
+    crop_border: int | None,
+    channel: str,
+    save_sr: Path | None,
+) -> BenchResult:
+    """:func:`run_bench` with a progress bar on stderr (only on a terminal)."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    ) as bar:
+        task = bar.add_task("scoring", total=len(pairs) * len(models))
+
+        def progress(model: str, score: ImageScore) -> None:
+            bar.update(task, advance=1, description=f"{model}: {score.name}")
+
+        return run_bench(pairs, scale, models, crop_border, channel, save_sr, progress=progress)  # type: ignore[arg-type]
+
+
+def _fmt(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+
+
+def _print_result(result: BenchResult, hr: Path, crop_border: int | None, channel: str) -> None:
+    border = result.scale if crop_border is None else crop_border
+    table = Table(
+        title=f"{'/'.join(hr.resolve().parts[-2:])} x{result.scale}",
+        caption=f"PSNR (dB) / SSIM on {channel.upper()}, {border}-pixel border cropped",
+    )
+    table.add_column("image")
+    for model in result.models:
+        table.add_column(f"{model.model}\nPSNR", justify="right")
+        table.add_column("\nSSIM", justify="right")
+    per_model = [model.images for model in result.models]
+    for row, image in enumerate(per_model[0]):
+        cells = [image.name]
+        for images in per_model:
+            cells += [_fmt(images[row].psnr, 4), _fmt(images[row].ssim, 4)]
+        table.add_row(*cells, end_section=row == len(per_model[0]) - 1)
+    table.add_row(
+        "mean", *(c for m in result.models for c in (_fmt(m.mean.psnr, 4), _fmt(m.mean.ssim, 4))), style="bold"
+    )
+    console.print(table)
+
+    timing = Table(title="time in the models", caption="reading and scoring excluded")
+    for column in ("model", "images", "seconds", "MP/s"):
+        timing.add_column(column, justify="left" if column == "model" else "right")
+    for model in result.models:
+        timing.add_row(
+            model.model, str(len(model.images)), f"{model.seconds_total:.3f}", _fmt(model.megapixels_per_second, 2)
+        )
+    console.print(timing)
