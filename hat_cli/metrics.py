@@ -53,9 +53,7 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     return arr.astype(np.float64) @ _Y_COEFFS + 16.0
 
 
-def _prepare(
-    sr: np.ndarray, hr: np.ndarray, crop_border: int, channel: Channel
-) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(sr: np.ndarray, hr: np.ndarray, crop_border: int, channel: Channel) -> tuple[np.ndarray, np.ndarray]:
     """Check shapes, crop borders and pick the channel(s): float64 ``HxW`` or ``HxWxC`` pair."""
     sr = np.asarray(sr)
     hr = np.asarray(hr)

@@ -42,8 +42,7 @@ def _read(path: Path) -> np.ndarray:
 
 def _set5_files(scale: int) -> list[tuple[Path, Path]]:
     return [
-        (SET5 / "HR" / f"{n}.png", SET5 / "LR_bicubic" / f"X{scale}" / f"{n}_LRBI_x{scale}.png")
-        for n in SET5_NAMES
+        (SET5 / "HR" / f"{n}.png", SET5 / "LR_bicubic" / f"X{scale}" / f"{n}_LRBI_x{scale}.png") for n in SET5_NAMES
     ]
 
 

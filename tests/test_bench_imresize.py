@@ -33,9 +33,7 @@ def test_output_shape_argument() -> None:
 
 
 @pytest.mark.parametrize("border", ["replicate", "symmetric"])
-@pytest.mark.parametrize(
-    ("n_in", "n_out", "scale"), [(12, 6, 0.5), (12, 4, 1 / 3), (16, 4, 0.25), (5, 20, 4.0)]
-)
+@pytest.mark.parametrize(("n_in", "n_out", "scale"), [(12, 6, 0.5), (12, 4, 1 / 3), (16, 4, 0.25), (5, 20, 4.0)])
 def test_weight_rows_sum_to_one(n_in: int, n_out: int, scale: float, border: str) -> None:
     m = resize_matrix(n_in, n_out, scale, border=border)  # type: ignore[arg-type]
     assert m.shape == (n_out, n_in)
