@@ -151,9 +151,10 @@ def find_inputs(
             seen.add(key)
             sources.append(source)
 
+    visited: set[Path] = set()  # folders already walked: symlinks may loop back to a parent
     for path in paths:
         if path.is_dir():
-            _walk(path, path, recursive, pattern, extensions, excluded, add, results)
+            _walk(path, path, recursive, pattern, extensions, excluded, visited, add, results)
         elif path.exists() or path.is_symlink():
             add(Source(path))
         else:
@@ -168,9 +169,14 @@ def _walk(
     pattern: str | None,
     extensions: set[str],
     excluded: Path | None,
+    visited: set[Path],
     add: Callable[[Source], None],
     results: list[FileResult],
 ) -> None:
+    real = _resolved(folder)
+    if real in visited:
+        return
+    visited.add(real)
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as exc:
@@ -188,7 +194,7 @@ def _walk(
             is_dir = False
         if is_dir:
             if recursive and (excluded is None or _resolved(path) != excluded):
-                _walk(root, path, recursive, pattern, extensions, excluded, add, results)
+                _walk(root, path, recursive, pattern, extensions, excluded, visited, add, results)
             continue
         if pattern and not (fnmatch(entry.name, pattern) or fnmatch(path.relative_to(root).as_posix(), pattern)):
             continue

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from hat_cli import imageio
@@ -196,6 +197,20 @@ def test_glob_dry_run_and_single_output_file(tmp_path: Path, weights: Path) -> N
     assert Image.open(tmp_path / "one.webp").format == "WEBP" and Image.open(tmp_path / "one.webp").size == (16, 16)
 
 
+def test_progress_bar_counts_files_on_a_terminal(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a.png", "b.png"):
+        Image.fromarray(gradient(8, 8)).save(tmp_path / name)
+    # (hat_cli.cli.upscale the attribute is the command function; the module is in sys.modules)
+    terminal = Console(stderr=True, force_terminal=True, width=100)
+    monkeypatch.setattr(sys.modules["hat_cli.cli.upscale"], "err_console", terminal)
+    result = run(tmp_path, "-o", tmp_path / "out", "--weights", weights)
+    assert result.exit_code == 0 and "2/2" in result.stderr
+    quiet = run(tmp_path, "-o", tmp_path / "out2", "--weights", weights, "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
 def test_disk_full_fails_that_file_and_the_batch_goes_on(
     tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,6 +241,7 @@ def test_disk_full_fails_that_file_and_the_batch_goes_on(
         (["--name", "sub/{stem}.{ext}"], "must be a file name"),
         (["--format", "bmp"], "--format 'bmp'"),
         (["--alpha", "median"], "--alpha 'median'"),
+        (["--from-list", "/nonexistent/list.txt"], "--from-list /nonexistent/list.txt: cannot read"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(

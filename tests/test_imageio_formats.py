@@ -267,3 +267,21 @@ def test_find_inputs_reports_unreadable_folders_and_goes_on(
     names = {s.path.name for s in sources}
     assert "rgb.png" in names and "rgba.png" in names and "l.png" not in names
     assert [r.input.name for r in results if r.status == "ignored"] == ["notes.txt"]
+
+
+def test_animated_webp_is_upscaled_frame_by_frame(tmp_path: Path) -> None:
+    frames = [Image.fromarray(gradient(8, 10)).rotate(90 * i) for i in range(3)]
+    frames[0].save(tmp_path / "a.webp", save_all=True, append_images=frames[1:], duration=[50, 70, 90], loop=2)
+    picture = read_picture(tmp_path / "a.webp")
+    assert len(picture.frames) == 3 and picture.durations == [50, 70, 90] and picture.loop == 2
+    write_picture(upscale_picture(Bilinear(), picture), tmp_path / "b.webp")
+    with Image.open(tmp_path / "b.webp") as out:
+        assert out.n_frames == 3 and out.size == (20, 16) and out.info["loop"] == 2
+
+
+def test_symlinked_folder_loops_are_walked_once(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(gradient(4, 4)).save(tmp_path / "sub/a.png")
+    (tmp_path / "sub/loop").symlink_to(tmp_path)
+    sources, results = find_inputs([tmp_path], recursive=True)
+    assert [s.path for s in sources] == [tmp_path / "sub/a.png"] and results == []

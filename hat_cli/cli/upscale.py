@@ -212,7 +212,12 @@ def upscale(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Upscale images and folders: hat upscale photos/ -r -o big/ --scale 4."""
+    """Upscale images and folders: hat upscale photos/ -r -o big/ --scale 4.
+
+    Grey stays grey, 16-bit PNG/TIFF stay 16-bit, transparency is upscaled apart (--alpha). Animated GIF/WebP/PNG: every frame, timing kept. CMYK becomes sRGB. EXIF orientation is applied; ICC, EXIF and DPI (scaled) are kept where the format can hold them.
+
+    Exit status: 0 all done, 1 some inputs failed, 2 usage error, 130 interrupted. The first Ctrl-C finishes the current file, the second stops at once; never a partial output.
+    """  # one line per paragraph: the help formatter keeps line breaks
     started = time.perf_counter()
     tile_size = parse_tile(tile)
     if alpha not in ("bicubic", "model"):
@@ -222,6 +227,8 @@ def upscale(
         paths += _read_from_list(from_list)
     if not paths:
         raise ConfigError("no inputs: give image files or folders, or --from-list FILE")
+    if output is not None and output.exists() and not output.is_dir() and len(paths) > 1:
+        raise ConfigError(f"-o {output}: is a file; with several inputs, -o must be a folder")
     output_is_file = (
         output is not None
         and len(paths) == 1
