@@ -417,6 +417,16 @@ def _put(q: queue.Queue, item: object, closing: threading.Event) -> bool:
     return False
 
 
+def _get(q: queue.Queue, closing: threading.Event) -> object:
+    """Blocking get that returns ``_DONE`` when the run is closing and nothing is left."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if closing.is_set():
+                return _DONE
+
+
 def run_batch(
     upscaler: SupportsUpscale,
     jobs: Sequence[Job],
@@ -427,13 +437,15 @@ def run_batch(
     """Upscale ``jobs`` in order; ``on_result`` gets one result per job (from the writer thread,
     in job order). Returns how many jobs were not started because ``options.stop`` was set.
 
-    A ``KeyboardInterrupt`` (or any error) in the calling thread aborts at once: temporary files
-    being written are removed, no result is reported after it, and the exception propagates.
+    A ``KeyboardInterrupt`` (or any error) in the calling thread, or an error escaping a worker
+    thread (``on_result`` failing, say), aborts at once: temporary files being written are removed,
+    no result is reported after it, and the exception propagates to the caller.
     """
     options = options or RunOptions()
     temps = TempFiles()
     closing = threading.Event()  # threads must wind down (end of run or abort)
     aborted = threading.Event()  # results after this point are not reported
+    crashed: list[BaseException] = []  # what killed a worker thread, re-raised on the caller's
     decoded: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
     encoded: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
 
@@ -453,15 +465,7 @@ def run_batch(
         _put(decoded, _DONE, closing)
 
     def write() -> None:
-        while True:
-            try:
-                item = encoded.get(timeout=0.1)
-            except queue.Empty:
-                if closing.is_set():
-                    return
-                continue
-            if item is _DONE:
-                return
+        while (item := _get(encoded, closing)) is not _DONE:
             job, picture, error, seconds = item
             size = None
             if error is None:
@@ -479,18 +483,28 @@ def run_batch(
             status: Status = "failed" if error else "done"
             on_result(FileResult(job.source, None if error else job.output, status, seconds, error, size))
 
-    reader = threading.Thread(target=read, name="hat-reader", daemon=True)
-    writer = threading.Thread(target=write, name="hat-writer", daemon=True)
+    def guarded(work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:
+                crashed.append(exc)
+                closing.set()
+
+        return run
+
+    reader = threading.Thread(target=guarded(read), name="hat-reader", daemon=True)
+    writer = threading.Thread(target=guarded(write), name="hat-writer", daemon=True)
     reader.start()
     writer.start()
     started_jobs = 0
     try:
         while not options.stop.is_set():
-            item = decoded.get()
+            item = _get(decoded, closing)
             if item is _DONE or options.stop.is_set():  # stopped while waiting: this one is not started
                 break
             started_jobs += 1
-            job, picture, error, seconds = item
+            job, picture, error, seconds = item  # type: ignore[misc]
             if error is None:
                 if on_start is not None:
                     on_start(job)
@@ -503,9 +517,12 @@ def run_batch(
                     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     error = f"{job.source}: upscaling failed ({reason})"
                 seconds += time.perf_counter() - started
-            _put(encoded, (job, None if error else picture, error, seconds), closing)
+            if not _put(encoded, (job, None if error else picture, error, seconds), closing):
+                break
         _put(encoded, _DONE, closing)
         writer.join()
+        if crashed:
+            raise crashed[0]
     except BaseException:
         aborted.set()
         closing.set()

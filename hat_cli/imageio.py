@@ -130,7 +130,7 @@ def read_picture(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         raise InputImageError(f"{path}: image exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)") from None
     except UnidentifiedImageError:
         if _is_tiff(path):  # Pillow has no mode for some 16-bit TIFFs (grey + alpha): tifffile does
-            return _read_tiff_only(path, max_pixels)
+            return _read_tiff_fallback(path, max_pixels)
         raise InputImageError(f"{path}: not a recognised image (unknown format or corrupt header)") from None
     except PermissionError as exc:
         raise InputImageError(f"{path}: cannot read ({exc.strerror})") from exc
@@ -304,6 +304,16 @@ def _read_png16(path: Path) -> np.ndarray:
 def _is_tiff(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _read_tiff_fallback(path: Path, max_pixels: int) -> Picture:
+    try:
+        return _read_tiff_only(path, max_pixels)
+    except HatError:
+        raise
+    except Exception as exc:  # tifffile's errors on a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputImageError(f"{path}: corrupt or truncated image ({reason})") from exc
 
 
 def _read_tiff_only(path: Path, max_pixels: int) -> Picture:

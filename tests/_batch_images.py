@@ -31,6 +31,20 @@ TINY = HATConfig(
 MAKE = "HatTestCam"
 
 
+class Bilinear:
+    """A stand-in upscaler with predictable colours (bilinear blends neighbours, so it would bleed)."""
+
+    scale = 2
+    name = "bilinear"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
 def save_tiny_weights(path: Path) -> Path:
     torch.manual_seed(0)
     return save_checkpoint(path, HAT(TINY).state_dict(), TINY)

@@ -86,6 +86,7 @@ def test_folder_tree_with_every_mode_and_bad_files(tmp_path: Path, weights: Path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 3 and all(str(tmp_path / "in" / "bad") in line for line in errors)
     assert "done 11, skipped 0, failed 3, ignored 1 non-image file" in result.stderr
+    assert len(result.stderr.splitlines()) == 4  # nothing else: no warnings, no tracebacks
 
     # Outputs: tree mirrored, keep format, modes and bit depths kept, metadata carried.
     def opened(rel: str) -> Image.Image:

@@ -16,21 +16,7 @@ from hat_cli import imageio
 from hat_cli.batch import find_inputs, upscale_picture
 from hat_cli.errors import InputImageError, OutputError
 from hat_cli.imageio import Picture, TempFiles, read_picture, write_picture
-from tests._batch_images import MAKE, build_tree, gradient, rgba_with_hidden_green, srgb_icc
-
-
-class Bilinear:
-    """A stand-in upscaler with predictable colours (bilinear blends neighbours, so it would bleed)."""
-
-    scale = 2
-    name = "bilinear"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+from tests._batch_images import MAKE, Bilinear, build_tree, gradient, rgba_with_hidden_green, srgb_icc
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +271,10 @@ def test_symlinked_folder_loops_are_walked_once(tmp_path: Path) -> None:
     (tmp_path / "sub/loop").symlink_to(tmp_path)
     sources, results = find_inputs([tmp_path], recursive=True)
     assert [s.path for s in sources] == [tmp_path / "sub/a.png"] and results == []
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow warns as it gives up; we raise
+def test_damaged_tiff_that_pillow_rejects_is_still_one_input_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00" + bytes(range(60)))
+    with pytest.raises(InputImageError, match=r"bad\.tif: (corrupt|not a recognised)"):
+        read_picture(tmp_path / "bad.tif")

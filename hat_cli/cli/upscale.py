@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -219,6 +220,8 @@ def upscale(
     Exit status: 0 all done, 1 some inputs failed, 2 usage error, 130 interrupted. The first Ctrl-C finishes the current file, the second stops at once; never a partial output.
     """  # one line per paragraph: the help formatter keeps line breaks
     started = time.perf_counter()
+    # Damaged files make Pillow warn as well as fail; the failure is reported as one line already.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
     tile_size = parse_tile(tile)
     if alpha not in ("bicubic", "model"):
         raise ConfigError(f"--alpha {alpha!r}: use bicubic or model")
