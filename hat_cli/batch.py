@@ -28,6 +28,7 @@ from .imageio import (
     DEFAULT_MAX_PIXELS,
     Picture,
     TempFiles,
+    check_writable,
     format_for_suffix,
     read_picture,
     readable_extensions,
@@ -455,7 +456,9 @@ def run_batch(
                 break
             started = time.perf_counter()
             try:
-                item = (job, read_picture(job.source, options.max_pixels), None)
+                picture = read_picture(job.source, options.max_pixels)
+                check_writable(picture, job.output)
+                item = (job, picture, None)
             except HatError as exc:
                 item = (job, None, str(exc))
             except Exception as exc:  # a decoder bug must cost one file, not the batch

@@ -433,6 +433,19 @@ def atomic_write(
         temps.release(tmp)
 
 
+def check_writable(picture: Picture, path: Path) -> str:
+    """The Pillow format for ``path``, or an :class:`OutputError` if it cannot hold ``picture``
+    (checked before upscaling too, so no work is wasted on an output that cannot be written)."""
+    fmt = format_for_suffix(path.suffix)
+    if fmt is None:
+        raise OutputError(f"{path}: cannot write {path.suffix or 'files without an extension'} images")
+    if len(picture.frames) > 1 and fmt not in Image.SAVE_ALL:
+        raise OutputError(
+            f"{path}: {fmt} cannot hold the {len(picture.frames)} frames of an animation (use png or webp)"
+        )
+    return fmt
+
+
 def write_picture(
     picture: Picture,
     path: Path,
@@ -441,13 +454,7 @@ def write_picture(
     temps: TempFiles | None = None,
 ) -> None:
     """Encode ``picture`` in the format named by ``path``'s suffix, atomically."""
-    fmt = format_for_suffix(path.suffix)
-    if fmt is None:
-        raise OutputError(f"{path}: cannot write {path.suffix or 'files without an extension'} images")
-    if len(picture.frames) > 1 and fmt not in Image.SAVE_ALL:
-        raise OutputError(
-            f"{path}: {fmt} cannot hold the {len(picture.frames)} frames of an animation (use png or webp)"
-        )
+    fmt = check_writable(picture, path)
 
     def encode(handle: BinaryIO) -> None:
         try:

@@ -73,3 +73,13 @@ def test_a_model_error_costs_one_file(tmp_path: Path) -> None:
     run_batch(OutOfMemoryOnce(), jobs, results.append)
     assert [r.status for r in results] == ["done", "failed", "done"]
     assert results[1].error == f"{jobs[1].source}: upscaling failed (CUDA out of memory. Tried to allocate 20.00 GiB)"
+
+
+def test_an_output_that_cannot_hold_the_image_fails_before_upscaling(tmp_path: Path) -> None:
+    frames = [Image.fromarray(gradient(6, 6)).rotate(90 * i) for i in range(2)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    upscaler = Bilinear()
+    results: list[FileResult] = []
+    run_batch(upscaler, [Job(tmp_path / "anim.gif", tmp_path / "anim.jpg")], results.append)
+    assert results[0].status == "failed" and "JPEG cannot hold the 2 frames" in (results[0].error or "")
+    assert upscaler.calls == 0
