@@ -1,20 +1,51 @@
-"""``hat upscale``: upscale images with a preset or any HAT checkpoint."""
+"""``hat upscale``: upscale image files and folders with a preset or any HAT checkpoint.
+
+Built for scripts: one line per failure on stderr (the batch goes on), exit 0 when everything
+succeeded, 1 when some inputs failed, 2 for usage errors, 130 when interrupted; ``--json`` prints
+one object per file and a summary on stdout. The first Ctrl-C finishes the current file and
+stops; a second one stops at once. Outputs are written to a temporary name and renamed, so no
+partial image is ever left under an output name.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..api import open_upscaler
+from ..batch import (
+    DEFAULT_NAME,
+    FileResult,
+    Job,
+    OutputPlan,
+    RunOptions,
+    Summary,
+    find_inputs,
+    plan_jobs,
+    read_list,
+    run_batch,
+)
 from ..errors import ConfigError
-from ..imageio import default_output_path, read_image, write_image
-from .console import console
+from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix
+from .console import console, err_console
 from .options import (
     ConvScaleOpt,
     DeviceOpt,
     ImgRangeOpt,
+    JsonOpt,
     ModelOpt,
     PrecisionOpt,
     QuietOpt,
@@ -37,54 +68,234 @@ def parse_tile(value: str) -> int | str:
     return tile
 
 
+class Reporter:
+    """Turns results into lines, JSON and progress; called from the writer thread, hence the lock."""
+
+    def __init__(self, as_json: bool, quiet: bool, progress: Progress | None) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+        self.progress = progress
+        self.task = progress.add_task("upscaling", total=0) if progress else None
+        self.summary = Summary()
+        self._lock = threading.Lock()
+
+    def __call__(self, result: FileResult) -> None:
+        with self._lock:
+            self.summary.add(result)
+            if self.as_json:
+                sys.stdout.write(json.dumps(result.to_json()) + "\n")
+                sys.stdout.flush()
+            if result.status == "failed":
+                err_console.print(f"[bold red]error:[/] {escape(result.error or '')}", highlight=False, soft_wrap=True)
+            elif not (self.quiet or self.as_json):
+                self._line(result)
+            if self.progress is not None and self.task is not None and result.status in ("done", "failed"):
+                self.progress.advance(self.task)
+
+    def _line(self, result: FileResult) -> None:
+        if result.status == "done":
+            size = f"{result.size[0]}x{result.size[1]}, " if result.size else ""
+            console.print(
+                f"{result.input} -> {result.output} ({size}{result.seconds:.1f}s)", markup=False, soft_wrap=True
+            )
+        elif result.status == "planned":
+            console.print(f"{result.input} -> {result.output}", markup=False, soft_wrap=True)
+        elif result.status == "skipped":
+            console.print(f"{result.input}: skipped ({result.error})", markup=False, soft_wrap=True)
+
+    def starting(self, job: Job) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, description=job.source.name)
+
+    def finish(self, dry_run: bool) -> None:
+        """The closing summary on stderr (and as the last JSON object)."""
+        summary = self.summary
+        if self.as_json:
+            sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+            sys.stdout.flush()
+        if self.quiet:
+            return
+        parts = [f"would upscale {summary.planned}"] if dry_run else [f"done {summary.done}"]
+        parts += [f"skipped {summary.skipped}", f"failed {summary.failed}"]
+        if summary.ignored:
+            parts.append(f"ignored {summary.ignored} non-image file{'s' if summary.ignored != 1 else ''}")
+        line = ", ".join(parts) + f" in {summary.seconds:.1f}s"
+        if summary.interrupted:
+            line += f"; interrupted, {summary.not_started} not started"
+        err_console.print(line, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def graceful_interrupt(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C sets ``stop`` (finish the current file); the second raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        # os.write, not rich: a signal handler may interrupt a print holding rich's lock.
+        os.write(2, b"\nstopping after the current file (press Ctrl-C again to stop at once)\n")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _progress(enabled: bool) -> Progress | None:
+    if not enabled:
+        return None
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
 def upscale(
-    inputs: Annotated[list[Path], typer.Argument(help="Image file(s) to upscale.", show_default=False)],
+    inputs: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Argument(help="Image files and/or folders to upscale.", show_default=False),
+    ] = None,
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--output",
             "-o",
-            help="Output file (one input) or folder; default: <stem>_x<scale>.png beside the input.",
+            help="Output folder (mirrors input folders' trees), or a file for a single input; default: beside each input.",
         ),
     ] = None,
+    name: Annotated[
+        str, typer.Option("--name", help="Output file name template: {stem}, {ext}, {scale}, {model}.")
+    ] = DEFAULT_NAME,
+    output_format: Annotated[
+        str, typer.Option("--format", "-f", help="keep | png | jpg | webp | tiff ({ext} in --name).")
+    ] = "keep",
+    quality: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality (default 95; WebP 100 = lossless)."),
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
+    glob: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--glob", help="Only files in folders whose name (or relative path) matches, e.g. '*.png'."),
+    ] = None,
+    from_list: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--from-list", help="Read input paths from FILE, one a line ('-' for stdin)."),
+    ] = None,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    alpha: Annotated[
+        str, typer.Option("--alpha", help="Upscale transparency with: bicubic (fast, smooth) | model.")
+    ] = "bicubic",
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Refuse inputs larger than this (all frames together).")
+    ] = DEFAULT_MAX_PIXELS,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; write nothing.")] = False,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     scale: ScaleOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     tile: TileOpt = "0",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     registry: RegistryOpt = None,
     conv_scale: ConvScaleOpt = None,
     img_range: ImgRangeOpt = None,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Upscale images: hat upscale photo.png --scale 4."""
+    """Upscale images and folders: hat upscale photos/ -r -o big/ --scale 4.
+
+    Grey stays grey, 16-bit PNG/TIFF stay 16-bit, transparency is upscaled apart (--alpha). Animated GIF/WebP/PNG: every frame, timing kept. CMYK becomes sRGB. EXIF orientation is applied; ICC, EXIF and DPI (scaled) are kept where the format can hold them.
+
+    Exit status: 0 all done, 1 some inputs failed, 2 usage error, 130 interrupted. The first Ctrl-C finishes the current file, the second stops at once; never a partial output.
+    """  # one line per paragraph: the help formatter keeps line breaks
+    started = time.perf_counter()
+    # Damaged files make Pillow warn as well as fail; the failure is reported as one line already.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
     tile_size = parse_tile(tile)
-    upscaler = open_upscaler(
-        model=model,
-        weights=weights,
-        scale=scale,
-        registry=registry,
-        conv_scale=conv_scale,
-        img_range=img_range,
-        device=device,
-        precision=precision,
-        tile=0 if tile_size == "auto" else tile_size,
+    if alpha not in ("bicubic", "model"):
+        raise ConfigError(f"--alpha {alpha!r}: use bicubic or model")
+    paths = list(inputs or [])
+    if from_list is not None:
+        paths += _read_from_list(from_list)
+    if not paths:
+        raise ConfigError("no inputs: give image files or folders, or --from-list FILE")
+    if output is not None and output.exists() and not output.is_dir() and len(paths) > 1:
+        raise ConfigError(f"-o {output}: is a file; with several inputs, -o must be a folder")
+    output_is_file = (
+        output is not None
+        and len(paths) == 1
+        and not paths[0].is_dir()
+        and not output.is_dir()
+        and format_for_suffix(output.suffix) is not None
     )
-    if output is not None and len(inputs) > 1 and output.suffix:
-        raise ConfigError(f"-o {output}: with several inputs, -o must be a folder")
-    for path in inputs:
-        if output is None:
-            target = default_output_path(path, upscaler.scale)
-        elif len(inputs) == 1 and output.suffix:
-            target = output
-        else:
-            target = output / default_output_path(path, upscaler.scale).name
-        if target.exists() and not overwrite:
-            raise ConfigError(f"{target} exists: pass --overwrite to replace it")
-        image = read_image(path)
-        result = upscaler.upscale(image)
-        write_image(result, target)
-        if not quiet:
-            console.print(f"{path} -> {target} ({result.width}x{result.height}, {upscaler.name})", highlight=False)
+    plan = OutputPlan(
+        output=output,
+        name=name,
+        format=output_format,  # type: ignore[arg-type]  (checked by OutputPlan)
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        output_is_file=output_is_file,
+    )
+    sources, found = find_inputs(paths, recursive, glob, exclude=None if output_is_file else output)
+
+    stop = threading.Event()
+    show_progress = not (quiet or as_json or dry_run) and err_console.is_terminal
+    progress = _progress(show_progress)
+    reporter = Reporter(as_json, quiet, progress)
+    for result in found:
+        reporter(result)
+
+    not_started = 0
+    if sources:  # the model loads once, and only when there is something to upscale
+        upscaler = open_upscaler(
+            model=model,
+            weights=weights,
+            scale=scale,
+            registry=registry,
+            conv_scale=conv_scale,
+            img_range=img_range,
+            device=device,
+            precision=precision,
+            tile=0 if tile_size == "auto" else tile_size,
+        )
+        plan.model = upscaler.name
+        jobs, planned = plan_jobs(sources, upscaler.scale, plan)
+        for result in planned:
+            reporter(result)
+        if dry_run:
+            for job in jobs:
+                reporter(FileResult(job.source, job.output, "planned"))
+        elif jobs:
+            options = RunOptions(max_pixels=max_pixels, alpha=alpha, quality=quality, overwrite=overwrite, stop=stop)  # type: ignore[arg-type]
+            if progress is not None and reporter.task is not None:
+                progress.update(reporter.task, total=len(jobs))
+            with graceful_interrupt(stop), progress if progress is not None else nullcontext():
+                not_started = run_batch(upscaler, jobs, reporter, options, on_start=reporter.starting)
+    elif not found and not quiet:
+        err_console.print("no images found", highlight=False)
+
+    reporter.summary.not_started = not_started
+    reporter.summary.seconds = time.perf_counter() - started
+    reporter.finish(dry_run)
+    raise typer.Exit(reporter.summary.exit_code)
+
+
+def _read_from_list(path: Path) -> list[Path]:
+    if str(path) == "-":
+        return read_list(sys.stdin)
+    try:
+        with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+            return read_list(handle)
+    except OSError as exc:
+        raise ConfigError(f"--from-list {path}: cannot read ({exc.strerror or exc})") from exc
