@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, TextIO, overload
 
 import numpy as np
+import torch
 from PIL import Image
 
 from hat_cli.errors import ConfigError, InputImageError, OutputError
@@ -306,6 +307,20 @@ class BicubicUpscaler:
         if array.dtype != np.uint8:
             raise ValueError(f"bicubic upscaling takes uint8 images, got {array.dtype}")
         return bicubic_upscale(array, self.scale)
+
+    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float in [0, 1] -> (B, C, sH, sW) float64-exact bicubic, returned as float32.
+
+        The batch pipeline feeds every mode (16-bit, grey, alpha planes) through this method.
+        """
+        images = x.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy() * 255.0
+        levels = np.round(images)
+        if np.abs(images - levels).max(initial=0.0) < 1e-4:
+            # An 8-bit source: MATLAB's uint8 path (rounding between passes), as the papers' baseline.
+            out = np.stack([bicubic_upscale(image.astype(np.uint8), self.scale) for image in levels]) / 255.0
+        else:
+            out = np.stack([imresize(image, self.scale) for image in images]) / 255.0
+        return torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32)
 
 
 def check_pairs(pairs: Pairing | Sequence[ImagePair], scale: int) -> tuple[list[ImagePair], list[InputImageError]]:

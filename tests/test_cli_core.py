@@ -98,7 +98,7 @@ def test_python_dash_m_and_debug_traceback(tmp_path: Path) -> None:
     help_run = subprocess.run([sys.executable, "-m", "hat_cli", "--help"], capture_output=True, text=True)
     assert help_run.returncode == 0 and "upscale" in help_run.stdout
     missing = subprocess.run(
-        [sys.executable, "-m", "hat_cli", "upscale", str(tmp_path / "x.png"), "-w", str(tmp_path / "no.pth")],
+        [sys.executable, "-m", "hat_cli", "upscale", str(_image(tmp_path)), "-w", str(tmp_path / "no.pth")],
         capture_output=True,
         text=True,
     )

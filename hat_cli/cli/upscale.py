@@ -113,8 +113,9 @@ class Reporter:
         if self.as_json:
             sys.stdout.write(json.dumps(summary.to_json()) + "\n")
             sys.stdout.flush()
-        if self.quiet:
-            return
+        single = summary.done + summary.skipped + summary.failed + summary.ignored <= 1
+        if self.quiet or (single and not summary.interrupted and not dry_run):
+            return  # one file: its own line already said everything
         parts = [f"would upscale {summary.planned}"] if dry_run else [f"done {summary.done}"]
         parts += [f"skipped {summary.skipped}", f"failed {summary.failed}"]
         if summary.ignored:
