@@ -168,7 +168,7 @@ def _write_error(exc: OSError, path: Path) -> HatError:
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return DownloadError(f"disk full writing {path} ({reason}): free space or set {CACHE_ENV} to another disk")
-    if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    if isinstance(exc, PermissionError | NotADirectoryError | FileExistsError) or exc.errno == errno.EROFS:
         return ConfigError(f"cannot write {path} ({reason}): set {CACHE_ENV} to a writable folder")
     return DownloadError(f"cannot write {path}: {reason}")
 
