@@ -302,8 +302,7 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, http.client.IncompleteRead):
         return f"connection closed after {len(exc.partial)} bytes ({exc.expected} more expected)"
-    text = getattr(exc, "strerror", None) or str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def _user_agent() -> str:
@@ -526,9 +525,12 @@ def download_checkpoint(
             if progress is not None:
                 done = target.stat().st_size if target.is_file() else 0
                 progress(DownloadProgress(preset.name, "", done, preset.size, finished=True))
+    part = partial_path(preset)
+    kept = f" ({part.stat().st_size} bytes kept in {part}: run again to resume)" if part.is_file() else ""
+    digest = "" if any(preset.sha256 in failure for failure in failures) else f" (sha256 {preset.sha256})"
     raise DownloadError(
-        f"could not download {preset.name}: {'; '.join(failures)}. "
-        f"Fetch it by hand and run 'hat models import FILE --name {preset.name}' (sha256 {preset.sha256})"
+        f"could not download {preset.name}: {'; '.join(failures)}{kept}. "
+        f"Fetch it by hand and run 'hat models import FILE --name {preset.name}'{digest}"
     )
 
 

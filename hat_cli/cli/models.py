@@ -23,13 +23,19 @@ from ..store import (
     verify_checkpoint,
 )
 from .console import console, download_progress, err_console
-from .options import JsonOpt, QuietOpt, RegistryOpt, ScaleOpt
+from .options import JsonOpt, QuietOpt, RegistryOpt
 
 NamesArg = Annotated[
     Optional[list[str]],  # noqa: UP045
-    typer.Argument(help="Preset names or aliases (aliases need --scale when ambiguous).", show_default=False),
+    typer.Argument(
+        help="Preset names or aliases (an alias with several scales needs --scale).", metavar="NAME", show_default=False
+    ),
 ]
-NameArg = Annotated[str, typer.Argument(help="Preset name or alias.", show_default=False)]
+NameArg = Annotated[str, typer.Argument(help="Preset name or alias.", metavar="NAME", show_default=False)]
+ScaleOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--scale", "-s", help="Pick an alias's checkpoint by scale: hat-s --scale 4."),
+]
 
 app = typer.Typer(help="List and manage model checkpoints.", no_args_is_help=True)
 
@@ -141,8 +147,10 @@ def verify(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-hash cached checkpoints: ok, mismatch or missing. Exit 1 on a mismatch, or when a
-    model named on the command line is missing."""
+    """Re-hash cached checkpoints against the registry: ok, mismatch or missing.
+
+    Exits 1 if a file does not match, or if a model named on the command line is missing.
+    """
     reg = load_registry(registry)
     presets = presets_by_name(reg, names, scale) if names else sorted(reg, key=lambda p: p.name.lower())
     results = [verify_checkpoint(preset) for preset in presets]
@@ -189,7 +197,7 @@ def import_(
 
 @app.command("rm")
 def rm(
-    names: Annotated[list[str], typer.Argument(help="Preset names or aliases.", show_default=False)],
+    names: Annotated[list[str], typer.Argument(help="Preset names or aliases.", metavar="NAME", show_default=False)],
     scale: ScaleOpt = None,
     registry: RegistryOpt = None,
     quiet: QuietOpt = False,
