@@ -364,7 +364,10 @@ class _Attempt:
 
     def run(self) -> tuple[str, int]:
         """``(sha256, size)`` of the complete ``part`` file."""
-        hasher, offset = self._resume_state()
+        try:
+            hasher, offset = self._resume_state()
+        except OSError as exc:
+            raise _write_error(exc, self.part) from exc
         if self.preset.size is not None and offset == self.preset.size:
             return hasher.hexdigest(), offset  # a previous run got every byte: no network needed
         headers = {"User-Agent": _user_agent(), "Accept-Encoding": "identity"}
@@ -481,7 +484,10 @@ def _fetch_mirror(preset: Preset, url: str, target: Path, policy: RetryPolicy, p
                 restarted = True
                 continue
             raise _Mismatch(f"sha256 mismatch: expected {preset.sha256}, got {digest} ({size} bytes)")
-        os.replace(part, target)
+        try:
+            os.replace(part, target)
+        except OSError as exc:
+            raise _write_error(exc, target) from exc
         return
 
 

@@ -41,46 +41,58 @@ def registry_for(tmp_path: Path, url: str) -> Path:
     return write_registry(tmp_path / "reg.toml", {"rand-x2": {**table, "urls": [url]}})
 
 
-def test_four_cli_processes_download_one_file(cache, server, tmp_path):
-    # ~1.2 s to serve, so processes that start together find the download in progress.
-    registry = registry_for(tmp_path, server.serve("/a.pth", DATA, throttle=0.05))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HAT_CACHE_DIR": str(cache)}
-    command = [sys.executable, "-m", "hat_cli", "models", "download", "rand-x2", "--registry", str(registry)]
-    procs = [
-        subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for _ in range(4)
-    ]
-    outputs = [proc.communicate(timeout=120) for proc in procs]
-    for proc, (_, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err.decode()
-        assert err == b""  # not a terminal: no progress bar, no warning
-    statuses = sorted(out.decode().split()[0] for out, _ in outputs)
-    assert statuses == ["cached", "cached", "cached", "downloaded"]
-    assert server.hits("/a.pth") == [None]
-    path = cached_path(load_registry(registry).presets["rand-x2"])
-    assert path.read_bytes() == DATA
-    assert cache_files(cache) == [f"checkpoints/{path.name}"]
+def _hat_when_told(go, args: list[str], out: str) -> None:
+    """Child: wait for the start signal, then run the real ``hat`` entry point (error boundary included)."""
+    from hat_cli.cli import main
 
-
-def _download_when_told(go, registry: str) -> None:
+    sys.stdout = open(out, "w")  # noqa: SIM115  (flushed and closed by the process exit)
+    sys.stderr = open(out + ".err", "w")  # noqa: SIM115
+    sys.argv = ["hat", *args]
     go.wait()
-    download_checkpoint(load_registry(registry).presets["rand-x2"], policy=RetryPolicy(retries=0, backoff=0.0))
+    main()
 
 
 @fork
-def test_four_processes_started_at_the_same_instant(cache, server, tmp_path):
+def test_four_hat_processes_download_one_file(cache, server, tmp_path):
+    # ~0.5 s to serve, and the four start at the same instant: three must wait for the first.
     registry = registry_for(tmp_path, server.serve("/a.pth", DATA, throttle=0.02))
     context = multiprocessing.get_context("fork")
     go = context.Event()
-    procs = [context.Process(target=_download_when_told, args=(go, str(registry))) for _ in range(4)]
+    args = ["models", "download", "rand-x2", "--registry", str(registry)]
+    outs = [str(tmp_path / f"out{i}") for i in range(4)]
+    procs = [context.Process(target=_hat_when_told, args=(go, args, out)) for out in outs]
     for proc in procs:
         proc.start()
     go.set()
     for proc in procs:
         proc.join(60)
     assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    assert [Path(out + ".err").read_text() for out in outs] == [""] * 4  # no error, no bar off a terminal
+    path = cached_path(load_registry(registry).presets["rand-x2"])
+    lines = sorted(Path(out).read_text() for out in outs)
+    assert lines == [f"cached rand-x2: {path}\n"] * 3 + [f"downloaded rand-x2: {path}\n"]
     assert server.hits("/a.pth") == [None]
-    assert cached_path(load_registry(registry).presets["rand-x2"]).read_bytes() == DATA
+    assert path.read_bytes() == DATA
+    assert cache_files(cache) == [f"checkpoints/{path.name}"]
+
+
+def test_python_m_hat_cli_downloads_and_fails_offline_in_one_line(cache, server, tmp_path):
+    """The installed entry point: a download, and next to it an offline run with an empty cache."""
+    registry = registry_for(tmp_path, server.serve("/a.pth", DATA))
+    command = [sys.executable, "-m", "hat_cli", "models", "download", "rand-x2", "--registry", str(registry)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    online = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    offline_env = {**env, "HAT_OFFLINE": "1", "HAT_CACHE_DIR": str(tmp_path / "empty")}
+    offline = subprocess.run(command, env=offline_env, cwd=tmp_path, capture_output=True, timeout=120)
+    out, err = online.communicate(timeout=120)
+    path = cached_path(load_registry(registry).presets["rand-x2"])
+    assert (online.returncode, out.decode(), err) == (0, f"downloaded rand-x2: {path}\n", b"")
+    assert path.read_bytes() == DATA
+    assert offline.returncode == 2 and offline.stdout == b""
+    [line] = offline.stderr.decode().splitlines()
+    assert line.startswith("error: offline (HAT_OFFLINE=1 or --offline): model rand-x2 is not cached")
+    assert f"sha256 {sha256(DATA)}" in line and "hat models import FILE --name rand-x2" in line
+    assert server.hits("/a.pth") == [None]  # only the online process asked
 
 
 def _download(registry: str) -> None:
