@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -101,14 +102,24 @@ class _Server(ThreadingHTTPServer):
 
 
 class LocalServer:
-    """``ThreadingHTTPServer`` on an ephemeral 127.0.0.1 port, run in a daemon thread."""
+    """``ThreadingHTTPServer`` on an ephemeral 127.0.0.1 port, run in a daemon thread; HTTPS
+    when given a certificate chain (PEM certificate and key)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.files: dict[str, Served] = {}
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # Handshake in the handler thread, so a client refusing the certificate cannot stall the server.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> LocalServer:
@@ -120,7 +131,7 @@ class LocalServer:
         self._server.server_close()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        return f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}{path}"
 
     def serve(self, path: str, data: bytes, **options) -> str:
         self.files[path] = Served(data, **options)

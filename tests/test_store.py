@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -312,3 +314,38 @@ def test_file_lock_serialises_threads(tmp_path):
         thread.join()
     assert overlaps == [1] * 80
     assert not lock_path.exists()  # removed on release
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (made with the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=127.0.0.1"
+    extra = ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run([*command.split(), *extra], check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_mirror_with_an_untrusted_certificate_is_left_at_once(cache, server, tmp_path, tls_files):
+    with LocalServer(tls=tls_files) as tls_server:
+        https = tls_server.serve("/a.pth", DATA)
+        preset = make_preset(tmp_path, [https])
+        with pytest.raises(DownloadError, match="certificate verify failed"):
+            download_checkpoint(preset, policy=RetryPolicy(retries=3, backoff=10.0, timeout=2.0))
+        preset = make_preset(tmp_path, [https, server.serve("/a.pth", DATA)])
+        start = time.monotonic()
+        assert download_checkpoint(preset, policy=RetryPolicy(retries=3, backoff=10.0)).url.startswith("http:")
+        assert time.monotonic() - start < 5  # not retried: a bad certificate does not heal
+        assert tls_server.requests == []  # no request was sent over the unverified connection
+
+
+def test_https_download_with_a_trusted_certificate(cache, tmp_path, tls_files, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))  # trust our certificate authority
+    with LocalServer(tls=tls_files) as tls_server:
+        preset = make_preset(tmp_path, [tls_server.serve("/a.pth", DATA, faults=["drop:80000"])])
+        assert preset.urls[0].startswith("https://127.0.0.1:")
+        assert download_checkpoint(preset, policy=FAST).path.read_bytes() == DATA
+        assert tls_server.hits("/a.pth") == [None, "bytes=80000-"]
