@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from store_server import LocalServer, cache_files, sha256, write_registry
 
 from hat_cli.errors import ConfigError, DownloadError, ModelNotAvailable
 from hat_cli.registry import Preset, load_registry
@@ -22,6 +21,7 @@ from hat_cli.store import (
     file_lock,
     partial_path,
 )
+from tests.store_server import LocalServer, cache_files, sha256, write_registry
 
 FAST = RetryPolicy(retries=2, backoff=0.0, timeout=0.5)
 SIZE = 300_000  # more than one 256 KiB read

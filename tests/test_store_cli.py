@@ -8,16 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from store_server import LocalServer, cache_files, sha256, write_registry
 from typer.testing import CliRunner
 
 from hat_cli.api import Upscaler
-from hat_cli.checkpoint import save_checkpoint
 from hat_cli.cli import app
-from hat_cli.errors import CheckpointError, ConfigError, ModelNotAvailable
-from hat_cli.model import HAT, HATConfig
+from tests.conftest import TINY_CONFIG
+from tests.store_server import LocalServer, cache_files, sha256, write_registry
 
 DATA2 = os.urandom(70_000)
 DATA3 = os.urandom(50_000)
@@ -66,6 +63,14 @@ def hat(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def error_line(result) -> str:
+    """The CLI's one ``error:`` line on stderr, checking the usage/config exit code 2."""
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
 def test_download_path_verify_rm_cycle(cache, server, registry, monkeypatch):
     result = hat("models", "download", "rnd-x2", "--registry", registry)
     assert result.exit_code == 0, result.output
@@ -93,14 +98,14 @@ def test_download_path_verify_rm_cycle(cache, server, registry, monkeypatch):
     assert hat("models", "rm", "rnd-x2").stdout == "rnd-x2 is not cached\n"
 
     result = hat("models", "path", "rnd-x2")
-    assert isinstance(result.exception, ModelNotAvailable) and "not cached" in str(result.exception)
+    assert f"model rnd-x2 is not cached: expected {path}" in error_line(result)
     assert hat("models", "verify", "rnd-x2").exit_code == 1  # named and missing
     assert hat("models", "verify", "-q").exit_code == 0  # nothing cached is not an error
 
 
 def test_download_alias_needs_scale_and_json_output(cache, server, registry):
     result = hat("models", "download", "rnd", "--registry", registry)
-    assert isinstance(result.exception, ConfigError) and "--scale" in str(result.exception)
+    assert "exists at scales x2, x3: add --scale N" in error_line(result)
     result = hat("models", "download", "rnd", "--scale", "3", "--registry", registry, "--json")
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)
@@ -120,8 +125,7 @@ def test_download_several_reports_each_failure_and_exits_1(cache, server, regist
 def test_offline_download_makes_no_request(cache, server, registry, monkeypatch):
     monkeypatch.setenv("HAT_OFFLINE", "1")
     result = hat("models", "download", "rnd-x2", "--registry", registry)
-    assert isinstance(result.exception, ModelNotAvailable)
-    message = str(result.exception)
+    message = error_line(result)
     assert "offline" in message and "rnd_x2.pth" in message and sha256(DATA2) in message
     assert "hat models import FILE --name rnd-x2" in message
     result = hat("models", "download", "--all", "--registry", registry)  # every preset, builtin ones too
@@ -143,12 +147,12 @@ def test_import_by_name_by_hash_and_refusals(cache, server, registry, tmp_path):
 
     fetched.write_bytes(DATA3)
     result = hat("models", "import", fetched, "--name", "rnd-x2", "--registry", registry)
-    assert isinstance(result.exception, CheckpointError)
-    assert f"sha256 {sha256(DATA3)}" in str(result.exception) and f"expected {sha256(DATA2)}" in str(result.exception)
+    message = error_line(result)
+    assert f"is not rnd-x2: sha256 {sha256(DATA3)} (50000 bytes), expected {sha256(DATA2)}" in message
 
     fetched.write_bytes(b"something else")
     result = hat("models", "import", fetched, "--registry", registry)
-    assert isinstance(result.exception, CheckpointError) and "matches no model" in str(result.exception)
+    assert f"(sha256 {sha256(b'something else')}) matches no model" in error_line(result)
     assert sorted(p.name for p in (cache / "checkpoints").iterdir()) == sorted(
         [target.name, f"rnd_x3.{sha256(DATA3)[:12]}.pth"]
     )  # refused imports leave no temporary file
@@ -156,28 +160,12 @@ def test_import_by_name_by_hash_and_refusals(cache, server, registry, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- end to end
-TINY = HATConfig(
-    upscale=2,
-    embed_dim=12,
-    depths=(1,),
-    num_heads=(2,),
-    window_size=4,
-    compress_ratio=3,
-    squeeze_factor=4,
-    num_feat=8,
-)
-
-
 @pytest.fixture
-def tiny_registry(tmp_path, server) -> Path:
-    """A real (tiny, random) HAT checkpoint served over HTTP and described by a registry."""
-    torch.manual_seed(0)
-    model = HAT(TINY)
-    source = save_checkpoint(tmp_path / "tiny_x2.pth", model.state_dict(), TINY)
-    data = source.read_bytes()
-    arch = TINY.to_dict()
-    family = {k: arch[k] for k in ("embed_dim", "depths", "num_heads", "window_size", "compress_ratio")}
-    family |= {"squeeze_factor": arch["squeeze_factor"], "num_feat": arch["num_feat"]}
+def tiny_registry(tmp_path, server, tiny_checkpoint) -> Path:
+    """A real (tiny, random) HAT checkpoint served over HTTP, behind a 404 mirror, in a registry."""
+    data = tiny_checkpoint.read_bytes()
+    arch = TINY_CONFIG.to_dict()
+    keys = ("embed_dim", "depths", "num_heads", "window_size", "compress_ratio", "squeeze_factor", "mlp_ratio")
     model_table = {
         "family": "tiny",
         "scale": 2,
@@ -186,17 +174,20 @@ def tiny_registry(tmp_path, server) -> Path:
         "size": len(data),
         "urls": [server.url("/missing/tiny_x2.pth"), server.serve("/tiny_x2.pth", data)],
     }
-    return write_registry(tmp_path / "tiny.toml", {"tiny-x2": model_table}, families={"tiny": family})
+    families = {"tiny": {k: arch[k] for k in keys}}
+    return write_registry(tmp_path / "tiny.toml", {"tiny-x2": model_table}, families=families)
 
 
-def test_upscale_downloads_the_model_then_runs_offline(cache, server, tiny_registry, tmp_path, monkeypatch):
+def test_upscale_downloads_the_model_then_runs_offline(
+    cache, server, tiny_registry, tiny_checkpoint, tmp_path, monkeypatch
+):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8))
     image.save(tmp_path / "in.png")
     out = tmp_path / "out.png"
     result = hat("upscale", tmp_path / "in.png", "-o", out, "--model", "tiny-x2", "--registry", tiny_registry)
     assert result.exit_code == 0, result.output
     assert server.hits("/tiny_x2.pth") == [None] and len(server.hits("/missing/tiny_x2.pth")) == 1
-    expected = Upscaler.from_file(tmp_path / "tiny_x2.pth", device="cpu").upscale(image)
+    expected = Upscaler.from_file(tiny_checkpoint, device="cpu").upscale(image)
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected))
     assert Image.open(out).size == (20, 24)
 
@@ -207,6 +198,7 @@ def test_upscale_downloads_the_model_then_runs_offline(cache, server, tiny_regis
     assert hat("models", "rm", "tiny-x2").exit_code == 0
     requests = len(server.requests)
     result = hat(*args)
-    assert isinstance(result.exception, ModelNotAvailable)
-    assert "tiny_x2.pth" in str(result.exception) and "hat models import FILE --name tiny-x2" in str(result.exception)
+    message = error_line(result)
+    assert message.startswith("error: offline (HAT_OFFLINE=1 or --offline): model tiny-x2 is not cached")
+    assert "file tiny_x2.pth" in message and "hat models import FILE --name tiny-x2" in message
     assert len(server.requests) == requests

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from store_server import LocalServer, cache_files, sha256, write_registry
 
 from hat_cli.registry import load_registry
 from hat_cli.store import RetryPolicy, cached_path, download_checkpoint, partial_path
+from tests.store_server import LocalServer, cache_files, sha256, write_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = os.urandom(400_000)
