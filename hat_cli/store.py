@@ -176,6 +176,10 @@ def _write_error(exc: OSError, path: Path) -> HatError:
 class _Transient(Exception):
     """Worth retrying the same mirror after a pause (timeouts, 5xx, dropped connections)."""
 
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable  # no TCP connection at all: likely a firewall, retry once only
+
 
 class _Fallthrough(Exception):
     """This mirror will not work: go to the next one at once (4xx, wrong file, refused redirect)."""
@@ -383,6 +387,8 @@ class _Attempt:
                 raise _Restart from exc
             raise (_Transient if _is_transient(exc) else _Fallthrough)(_describe(exc)) from exc
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, TimeoutError):
+                raise _Transient(f"no connection within {self.policy.timeout:g} s", unreachable=True) from exc
             raise (_Transient if _is_transient(exc) else _Fallthrough)(_describe(exc)) from exc
         with response:
             if response.status == 206 and offset:
@@ -462,7 +468,8 @@ def _fetch_mirror(preset: Preset, url: str, target: Path, policy: RetryPolicy, p
         try:
             digest, size = attempt.run()
         except _Transient as exc:
-            if retry >= policy.retries:
+            # A host that never answers the connection would cost retries x timeout: one retry only.
+            if retry >= (min(policy.retries, 1) if exc.unreachable else policy.retries):
                 raise _Fallthrough(f"{exc} ({retry + 1} tries)") from exc
             time.sleep(policy.delay(retry))
             retry += 1

@@ -182,6 +182,34 @@ def test_slow_mirror_times_out_then_next_mirror(cache, server, tmp_path):
     assert time.monotonic() - start < 1.4  # gave up on each try after ~0.2 s
 
 
+def test_unreachable_host_is_retried_once_only(cache, server, tmp_path):
+    # A listening socket whose accept queue is full: connections hang like behind a firewall.
+    import socket
+
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        port = blackhole.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        try:
+            good = server.serve("/good.pth", DATA)
+            preset = make_preset(tmp_path, [f"http://127.0.0.1:{port}/a.pth", good])
+            start = time.monotonic()
+            assert download_checkpoint(preset, policy=RetryPolicy(retries=5, backoff=0.0, timeout=0.3)).url == good
+            assert time.monotonic() - start < 1.5  # two tries of 0.3 s, not six
+            with pytest.raises(DownloadError, match=r"no connection within 0.3 s \(2 tries\)"):
+                download_checkpoint(
+                    make_preset(tmp_path, [f"http://127.0.0.1:{port}/b.pth"], data=DATA[:-1], size=SIZE - 1),
+                    policy=RetryPolicy(retries=5, backoff=0.0, timeout=0.3),
+                )
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 def test_stall_mid_body_times_out_and_resumes(cache, server, tmp_path):
     server.serve("/a.pth", DATA, faults=["stall:70000"])
     preset = make_preset(tmp_path, [server.url("/a.pth")])
