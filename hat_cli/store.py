@@ -594,30 +594,38 @@ def _copy_hashing(source: Path, folder: Path) -> tuple[Path, str, int]:
     """Copy ``source`` to a temporary file in ``folder``, hashing the bytes as they are written
     (what is hashed is exactly what lands in the cache)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".import-", suffix=".tmp", dir=folder)
+        src = open(source, "rb")  # noqa: SIM115  (closed by the with below)
     except OSError as exc:
-        raise _write_error(exc, folder) from exc
-    tmp = Path(name)
-    hasher = hashlib.sha256()
-    size = 0
-    try:
-        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                try:
+        raise CheckpointError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    with src:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".import-", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise _write_error(exc, folder) from exc
+        tmp = Path(name)
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                while True:
+                    try:
+                        chunk = src.read(1 << 20)
+                    except OSError as exc:
+                        raise CheckpointError(f"cannot read {source}: {exc.strerror or exc}") from exc
+                    if not chunk:
+                        break
                     dst.write(chunk)
-                except OSError as exc:
-                    raise _write_error(exc, tmp) from exc
-                hasher.update(chunk)
-                size += len(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(exc, tmp) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+                    hasher.update(chunk)
+                    size += len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _write_error(exc, tmp) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return tmp, hasher.hexdigest(), size
 
 

@@ -150,6 +150,9 @@ def test_import_by_name_by_hash_and_refusals(cache, server, registry, tmp_path):
     message = error_line(result)
     assert f"is not rnd-x2: sha256 {sha256(DATA3)} (50000 bytes), expected {sha256(DATA2)}" in message
 
+    result = hat("models", "import", tmp_path / "nope.pth", "--registry", registry)
+    assert f"{tmp_path / 'nope.pth'}: no such file" in error_line(result)
+
     fetched.write_bytes(b"something else")
     result = hat("models", "import", fetched, "--registry", registry)
     assert f"(sha256 {sha256(b'something else')}) matches no model" in error_line(result)
