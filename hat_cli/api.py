@@ -19,7 +19,7 @@ from .checkpoint import load_model
 from .errors import ConfigError
 from .model import HAT
 from .registry import Preset, Registry, load_registry
-from .store import require_checkpoint
+from .store import ProgressCallback, ensure_checkpoint
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,15 +107,20 @@ class Upscaler:
         name: str,
         scale: int | None = None,
         registry: Registry | None = None,
+        offline: bool = False,
+        progress: ProgressCallback | None = None,
         **kwargs,
     ) -> Upscaler:
-        """Resolve a preset (``hat-s``, ``HAT_SRx4``...) and load its checkpoint from the cache."""
+        """Resolve a preset (``hat-s``, ``HAT_SRx4``...) and load its checkpoint from the cache,
+        downloading it first when missing unless ``offline`` (or ``HAT_OFFLINE=1``)."""
         preset = (registry or load_registry()).resolve(name, scale)
-        return cls.from_resolved_preset(preset, **kwargs)
+        return cls.from_resolved_preset(preset, offline=offline, progress=progress, **kwargs)
 
     @classmethod
-    def from_resolved_preset(cls, preset: Preset, **kwargs) -> Upscaler:
-        path = require_checkpoint(preset)
+    def from_resolved_preset(
+        cls, preset: Preset, offline: bool = False, progress: ProgressCallback | None = None, **kwargs
+    ) -> Upscaler:
+        path = ensure_checkpoint(preset, offline=offline, progress=progress)
         model = load_model(path, conv_scale=preset.config.conv_scale, img_range=preset.config.img_range)
         return cls(model, name=preset.name, **kwargs)
 
@@ -180,6 +185,8 @@ def open_upscaler(
     registry: str | os.PathLike[str] | None = None,
     conv_scale: float | None = None,
     img_range: float | None = None,
+    offline: bool = False,
+    progress: ProgressCallback | None = None,
     **kwargs,
 ) -> Upscaler | BicubicUpscaler:
     """The CLI's model choice: ``--weights FILE`` or ``--model NAME`` (default ``$HAT_MODEL`` or
@@ -198,4 +205,6 @@ def open_upscaler(
         if scale is None:
             raise ConfigError("--model bicubic needs --scale")
         return BicubicUpscaler(scale)
-    return Upscaler.from_preset(name, scale, registry=load_registry(registry), **kwargs)
+    return Upscaler.from_preset(
+        name, scale, registry=load_registry(registry), offline=offline, progress=progress, **kwargs
+    )

@@ -1,16 +1,41 @@
-"""``hat models``: list presets (download/verify/import live here too)."""
+"""``hat models``: list, download, verify, import and remove checkpoints."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
+from ..errors import EXIT_SOME_FAILED, ConfigError, HatError
 from ..registry import load_registry
-from ..store import local_checkpoint
-from .console import console
-from .options import JsonOpt, RegistryOpt
+from ..store import (
+    download_checkpoint,
+    ensure_checkpoint,
+    import_checkpoint,
+    is_offline,
+    local_checkpoint,
+    presets_by_name,
+    remove_checkpoint,
+    require_checkpoint,
+    verify_checkpoint,
+)
+from .console import console, download_progress, err_console
+from .options import JsonOpt, QuietOpt, RegistryOpt
+
+NamesArg = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Argument(
+        help="Preset names or aliases (an alias with several scales needs --scale).", metavar="NAME", show_default=False
+    ),
+]
+NameArg = Annotated[str, typer.Argument(help="Preset name or alias.", metavar="NAME", show_default=False)]
+ScaleOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--scale", "-s", help="Pick an alias's checkpoint by scale: hat-s --scale 4."),
+]
 
 app = typer.Typer(help="List and manage model checkpoints.", no_args_is_help=True)
 
@@ -64,3 +89,124 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
             state,
         )
     console.print(table)
+
+
+def _emit_json(rows: Any) -> None:
+    typer.echo(json.dumps(rows, indent=2))
+
+
+@app.command("download")
+def download(
+    names: NamesArg = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Every preset of the registry.")] = False,
+    scale: ScaleOpt = None,
+    registry: RegistryOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download checkpoints into the cache (verified by sha256; resumes interrupted downloads)."""
+    reg = load_registry(registry)
+    if all_models == bool(names):
+        raise ConfigError("name one or more models (see 'hat models list') or pass --all, not both")
+    presets = [p for p in reg if not p.bundled] if all_models else presets_by_name(reg, names or [], scale)
+    progress = None if as_json else download_progress(quiet)
+    rows, failures = [], []
+    for preset in presets:
+        try:
+            if is_offline() and local_checkpoint(preset) is None:
+                ensure_checkpoint(preset)  # raises the offline message naming the file and its sha256
+            result = download_checkpoint(preset, progress=progress)
+        except HatError as exc:
+            if len(presets) == 1:
+                raise
+            failures.append(exc)
+            rows.append({"name": preset.name, "status": "failed", "path": None, "error": str(exc)})
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            continue
+        status = "downloaded" if result.url else "cached"
+        rows.append({"name": preset.name, "status": status, "path": str(result.path), "url": result.url})
+        if not quiet and not as_json:
+            typer.echo(f"{status} {preset.name}: {result.path}")
+    if as_json:
+        _emit_json(rows)
+    if failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command("path")
+def path(name: NameArg, scale: ScaleOpt = None, registry: RegistryOpt = None) -> None:
+    """Print the local path of a checkpoint (error if it is not cached)."""
+    typer.echo(str(require_checkpoint(load_registry(registry).resolve(name, scale))))
+
+
+@app.command("verify")
+def verify(
+    names: NamesArg = None,
+    scale: ScaleOpt = None,
+    registry: RegistryOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-hash cached checkpoints against the registry: ok, mismatch or missing.
+
+    Exits 1 if a file does not match, or if a model named on the command line is missing.
+    """
+    reg = load_registry(registry)
+    presets = presets_by_name(reg, names, scale) if names else sorted(reg, key=lambda p: p.name.lower())
+    results = [verify_checkpoint(preset) for preset in presets]
+    failed = any(r.status == "mismatch" or (names and r.status == "missing") for r in results)
+    if as_json:
+        _emit_json(
+            [
+                {"name": r.name, "status": r.status, "path": str(r.path), "expected": r.expected, "actual": r.actual}
+                for r in results
+            ]
+        )
+    elif not quiet or failed:
+        for r in results:
+            if quiet and r.status == "ok":
+                continue
+            line = f"{r.status:8} {r.name}: {r.path}"
+            if r.status == "mismatch":
+                line += f" (sha256 {r.actual}, expected {r.expected}; 'hat models rm {r.name}' then download again)"
+            typer.echo(line)
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="Checkpoint fetched by hand (e.g. from Google Drive).")],
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--name", "-n", help="Preset it should be; default: the preset whose sha256 matches."),
+    ] = None,
+    scale: ScaleOpt = None,
+    registry: RegistryOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy a hand-downloaded checkpoint into the cache after checking its sha256 against the registry."""
+    placed = import_checkpoint(file, load_registry(registry), name=name, scale=scale)
+    if as_json:
+        _emit_json([{"name": preset.name, "path": str(target)} for preset, target in placed])
+    elif not quiet:
+        for preset, target in placed:
+            typer.echo(f"imported {preset.name}: {target}")
+
+
+@app.command("rm")
+def rm(
+    names: Annotated[list[str], typer.Argument(help="Preset names or aliases.", metavar="NAME", show_default=False)],
+    scale: ScaleOpt = None,
+    registry: RegistryOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Delete cached checkpoints (and partial downloads) from the cache."""
+    for preset in presets_by_name(load_registry(registry), names, scale):
+        removed = remove_checkpoint(preset)
+        if not quiet:
+            if removed:
+                typer.echo("\n".join(f"removed {preset.name}: {p}" for p in removed))
+            else:
+                typer.echo(f"{preset.name} is not cached")

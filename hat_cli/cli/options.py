@@ -38,3 +38,7 @@ ImgRangeOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option("--offline", help="Never touch the network: fail if the checkpoint is not cached; env HAT_OFFLINE=1."),
+]

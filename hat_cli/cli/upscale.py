@@ -40,13 +40,14 @@ from ..batch import (
 )
 from ..errors import ConfigError
 from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix
-from .console import console, err_console
+from .console import console, download_progress, err_console
 from .options import (
     ConvScaleOpt,
     DeviceOpt,
     ImgRangeOpt,
     JsonOpt,
     ModelOpt,
+    OfflineOpt,
     PrecisionOpt,
     QuietOpt,
     RegistryOpt,
@@ -213,6 +214,7 @@ def upscale(
     img_range: ImgRangeOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
 ) -> None:
     """Upscale images and folders: hat upscale photos/ -r -o big/ --scale 4.
 
@@ -269,6 +271,8 @@ def upscale(
             device=device,
             precision=precision,
             tile=0 if tile_size == "auto" else tile_size,
+            offline=offline,
+            progress=download_progress(quiet or as_json),
         )
         plan.model = upscaler.name
         jobs, planned = plan_jobs(sources, upscaler.scale, plan)
