@@ -16,18 +16,10 @@ import torch
 from PIL import Image, ImageCms
 
 from hat_cli.checkpoint import save_checkpoint
-from hat_cli.model import HAT, HATConfig
+from hat_cli.model import HAT
+from tests.conftest import TINY_CONFIG
 
-TINY = HATConfig(
-    upscale=2,
-    embed_dim=12,
-    depths=(1,),
-    num_heads=(2,),
-    window_size=4,
-    compress_ratio=3,
-    squeeze_factor=4,
-    mlp_ratio=1.0,
-)
+TINY = TINY_CONFIG
 MAKE = "HatTestCam"
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from hat_cli.checkpoint import save_checkpoint
 from hat_cli.model import HAT, HATConfig
+from tests.store_server import LocalServer
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "hat-reference"
@@ -32,6 +34,23 @@ TINY_CONFIG = HATConfig(
     squeeze_factor=4,
     mlp_ratio=1.0,
 )
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty model cache folder, with no offline mode or extra registry inherited from the shell."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("HAT_CACHE_DIR", str(folder))
+    monkeypatch.delenv("HAT_OFFLINE", raising=False)
+    monkeypatch.delenv("HAT_REGISTRY", raising=False)
+    return folder
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    """A real HTTP server on 127.0.0.1 with scripted faults (tests/store_server.py)."""
+    with LocalServer() as srv:
+        yield srv
 
 
 @pytest.fixture

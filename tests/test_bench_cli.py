@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from hat_cli.bench import bicubic_upscale, make_lr, read_image
 from hat_cli.checkpoint import save_checkpoint
 from hat_cli.cli import app
 from hat_cli.metrics import mod_crop, psnr, ssim
-from hat_cli.model import HAT, HATConfig
+from hat_cli.model import HAT
+from tests.conftest import TINY_CONFIG
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 SET5 = DATA / "Set5"
@@ -43,16 +45,7 @@ def _lr_dir(scale: int) -> Path:
 @pytest.fixture(scope="module")
 def tiny_x4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny x4 HAT checkpoint."""
-    config = HATConfig(
-        upscale=4,
-        embed_dim=12,
-        depths=(1,),
-        num_heads=(2,),
-        window_size=4,
-        compress_ratio=3,
-        squeeze_factor=4,
-        mlp_ratio=1.0,
-    )
+    config = replace(TINY_CONFIG, upscale=4)
     torch.manual_seed(0)
     model = HAT(config)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_x4.pth", model.state_dict(), config)

@@ -28,21 +28,6 @@ SIZE = 300_000  # more than one 256 KiB read
 DATA = os.urandom(SIZE)
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("HAT_CACHE_DIR", str(folder))
-    monkeypatch.delenv("HAT_OFFLINE", raising=False)
-    monkeypatch.delenv("HAT_REGISTRY", raising=False)
-    return folder
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as srv:
-        yield srv
-
-
 def make_preset(tmp_path: Path, urls: list[str], data: bytes = DATA, size: int | None = SIZE, **extra) -> Preset:
     table = {"family": "hat-s", "scale": 2, "file": "rand_x2.pth", "sha256": sha256(data), "urls": urls, **extra}
     if size is not None:

@@ -14,26 +14,11 @@ from typer.testing import CliRunner
 from hat_cli.api import Upscaler
 from hat_cli.cli import app
 from tests.conftest import TINY_CONFIG
-from tests.store_server import LocalServer, cache_files, sha256, write_registry
+from tests.store_server import cache_files, sha256, write_registry
 
 DATA2 = os.urandom(70_000)
 DATA3 = os.urandom(50_000)
 runner = CliRunner()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("HAT_CACHE_DIR", str(folder))
-    monkeypatch.delenv("HAT_OFFLINE", raising=False)
-    monkeypatch.delenv("HAT_REGISTRY", raising=False)
-    return folder
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -14,26 +14,11 @@ import pytest
 
 from hat_cli.registry import load_registry
 from hat_cli.store import RetryPolicy, cached_path, download_checkpoint, partial_path
-from tests.store_server import LocalServer, cache_files, sha256, write_registry
+from tests.store_server import cache_files, sha256, write_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = os.urandom(400_000)
 fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("HAT_CACHE_DIR", str(folder))
-    monkeypatch.delenv("HAT_OFFLINE", raising=False)
-    monkeypatch.delenv("HAT_REGISTRY", raising=False)
-    return folder
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as srv:
-        yield srv
 
 
 def registry_for(tmp_path: Path, url: str) -> Path:

@@ -15,16 +15,10 @@ import pytest
 from hat_cli.errors import ConfigError, DownloadError
 from hat_cli.registry import Registry, load_registry
 from hat_cli.store import RetryPolicy, download_checkpoint, import_checkpoint, partial_path
-from tests.store_server import LocalServer, cache_files, sha256, write_registry
+from tests.store_server import cache_files, sha256, write_registry
 
 DATA = os.urandom(300_000)
 FAST = RetryPolicy(retries=0, backoff=0.0, timeout=1.0)
-
-
-@pytest.fixture
-def server():
-    with LocalServer() as srv:
-        yield srv
 
 
 @pytest.fixture
