@@ -20,7 +20,7 @@ This module imports only torch and einops.
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,20 @@ def overlap_relative_position_index(window_size: int, overlap_window_size: int) 
     return (rel[0] * side + rel[1]) % (side * side)
 
 
+def shift_mask(height: int, width: int, window_size: int, shift_size: int) -> Tensor:
+    """(nW, N, N) additive mask of every window of a cyclically shifted image, as the official
+    ``calculate_mask`` (windows row-major). Used by the reference path; the fast path needs only
+    :func:`shift_mask_classes`."""
+    labels = torch.zeros(height, width, device="cpu")
+    regions = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    for i, rows in enumerate(regions):
+        for j, cols in enumerate(regions):
+            labels[rows, cols] = 3 * i + j
+    windows = window_partition(labels[None, :, :, None], window_size).squeeze(-1)  # nW, N
+    differs = windows[:, None, :] != windows[:, :, None]
+    return torch.zeros(differs.shape, device="cpu").masked_fill(differs, SHIFT_MASK_VALUE)
+
+
 @cache
 def shift_mask_classes(window_size: int, shift_size: int) -> Tensor:
     """(4, N, N) additive masks for shifted windows: [interior, right column, bottom row, corner].
@@ -89,15 +103,7 @@ def shift_mask_classes(window_size: int, shift_size: int) -> Tensor:
     Built with the official labelling on a 2x2-window image, whose four windows are exactly one
     of each class; every window of a larger image shares the mask of its class.
     """
-    ws, size = window_size, 2 * window_size
-    labels = torch.zeros(size, size, device="cpu")
-    regions = (slice(0, -ws), slice(-ws, -shift_size), slice(-shift_size, None))
-    for i, rows in enumerate(regions):
-        for j, cols in enumerate(regions):
-            labels[rows, cols] = 3 * i + j
-    windows = window_partition(labels[None, :, :, None], ws).squeeze(-1)  # 4, N
-    differs = windows[:, None, :] != windows[:, :, None]
-    return torch.zeros(differs.shape, device="cpu").masked_fill(differs, SHIFT_MASK_VALUE)
+    return shift_mask(2 * window_size, 2 * window_size, window_size, shift_size)
 
 
 # (rows, columns, class) of the window grid; see shift_mask_classes.
@@ -107,6 +113,45 @@ _WINDOW_REGIONS = (
     (slice(-1, None), slice(0, -1), 2),
     (slice(-1, None), slice(-1, None), 3),
 )
+
+# (first window, stop window, shift-mask class or None) of a run of windows sharing one mask.
+WindowGroup = tuple[int, int, int | None]
+
+
+@lru_cache(maxsize=64)
+def window_order(
+    height: int, width: int, window_size: int, shift_size: int, batch: int, device: torch.device
+) -> tuple[Tensor, Tensor, tuple[WindowGroup, ...]]:
+    """Gather indices that turn (B, H, W, C) features into (shifted) windows and back, in one copy.
+
+    Returns ``(index, inverse, groups)`` for features flattened to (B*H*W, C) rows:
+    ``rows[index]`` is (nW*B*N, C) window tokens, and ``windows[inverse]`` restores the rows.
+    The cyclic shift is folded into ``index`` (no ``torch.roll``). Windows are grouped by shift-mask
+    class (:data:`_WINDOW_REGIONS` order, row-major inside a class) and ordered window-major,
+    batch-minor, so each class is one contiguous slice of the window batch for any B: attention
+    runs once per class on a view, with one shared mask, instead of on copied sub-grids.
+    """
+    ws = window_size
+    grid = torch.arange(height * width, device="cpu").view(height, width)
+    if shift_size:
+        grid = grid.roll((-shift_size, -shift_size), dims=(0, 1))
+    grid = rearrange(grid, "(nh wh) (nw ww) -> nh nw (wh ww)", wh=ws, ww=ws)
+    regions = _WINDOW_REGIONS if shift_size else ((slice(None), slice(None), None),)
+    parts: list[Tensor] = []
+    groups: list[WindowGroup] = []
+    start = 0
+    for rows, cols, shift_class in regions:
+        part = grid[rows, cols].reshape(-1, ws * ws)
+        if part.numel():
+            parts.append(part)
+            groups.append((start * batch, (start + len(part)) * batch, shift_class))
+            start += len(part)
+    windows = torch.cat(parts)  # nW, N: spatial position of each token
+    offsets = torch.arange(batch, device="cpu") * (height * width)
+    index = rearrange(windows[:, None, :] + offsets[None, :, None], "nw b n -> (nw b n)")
+    inverse = torch.empty_like(index)
+    inverse[index] = torch.arange(index.numel(), device="cpu")
+    return index.to(device), inverse.to(device), tuple(groups)
 
 
 def reflect_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -254,41 +299,34 @@ class WindowAttention(nn.Module):
             dtype=dtype,
         )
 
-    def forward(self, x: Tensor, shifted: bool) -> Tensor:
-        """(B, H, W, C) -> (B, H, W, C); ``shifted`` applies the cyclic-shift masks."""
-        ws = self.window_size
-        height, width = x.shape[1:3]
+    def forward(self, windows: Tensor, groups: tuple[WindowGroup, ...]) -> Tensor:
+        """(nWB, N, C) window tokens -> (nWB, N, C). Each group is a slice of windows sharing a mask."""
+        n_windows, n, c = windows.shape
         q, k, v = rearrange(
-            self.qkv(x),
-            "b (nh wh) (nw ww) (three heads d) -> three b nh nw heads (wh ww) d",
-            three=3,
-            heads=self.num_heads,
-            wh=ws,
-            ww=ws,
+            self.qkv(windows), "w n (three heads d) -> three w heads n d", three=3, heads=self.num_heads
         )
-        if not shifted:
-            lead = q.shape[:3]
-            out = attend(q.flatten(0, 2), k.flatten(0, 2), v.flatten(0, 2), self._mask(q.dtype, None), self.fused)
-            out = out.unflatten(0, lead)
-        else:
-            out = torch.empty_like(q)
-            for rows, cols, shift_class in _WINDOW_REGIONS:
-                part = q[:, rows, cols]
-                if part.numel() == 0:
-                    continue
-                # Flatten (b, nh, nw) into one batch dim so every SDPA backend accepts it.
-                lead = part.shape[:3]
-                result = attend(
-                    part.flatten(0, 2),
-                    k[:, rows, cols].flatten(0, 2),
-                    v[:, rows, cols].flatten(0, 2),
-                    self._mask(q.dtype, shift_class),
-                    self.fused,
-                )
-                out[:, rows, cols] = result.unflatten(0, lead)
-        out = rearrange(out, "b nh nw heads (wh ww) d -> b (nh wh) (nw ww) (heads d)", wh=ws, ww=ws)
-        assert out.shape[1:3] == (height, width)
-        return self.proj(out)
+        outs = [
+            # (w, n, heads, d): SDPA kernels write this layout, so heads merge back without a copy.
+            attend(q[start:stop], k[start:stop], v[start:stop], self._mask(q.dtype, shift_class), self.fused).transpose(
+                1, 2
+            )
+            for start, stop, shift_class in groups
+        ]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return self.proj(out.reshape(n_windows, n, c))
+
+    def forward_reference(self, windows: Tensor, shift: Tensor | None) -> Tensor:
+        """The official formulation: (B*nW, N, C) row-major windows, per-window shift masks
+        (nW, N, N) or None, plain softmax. Kept as the reference the fast path is tested against."""
+        n_windows = windows.shape[0]
+        q, k, v = rearrange(
+            self.qkv(windows), "w n (three heads d) -> three w heads n d", three=3, heads=self.num_heads
+        )
+        mask = self._mask(q.dtype, None)
+        if shift is not None:
+            mask = (shift.to(mask)[:, None] + mask).repeat(n_windows // shift.shape[0], 1, 1, 1)
+        out = attend(q, k, v, mask, fused=False)
+        return self.proj(rearrange(out, "w heads n d -> w n (heads d)"))
 
 
 class HAB(nn.Module):
@@ -306,18 +344,31 @@ class HAB(nn.Module):
         self.mlp = Mlp(dim, config.mlp_hidden)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x
-        x = self.norm1(x)
+        batch, height, width, c = x.shape
+        y = self.norm1(x)
         # permute gives a channels-last NCHW view: convolutions run on it without a copy.
-        conv_x = self.conv_block(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        shift = self.shift_size
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        attn_x = self.attn(x, shifted=bool(shift))
-        if shift:
-            attn_x = torch.roll(attn_x, shifts=(shift, shift), dims=(1, 2))
-        x = shortcut + attn_x + conv_x * self.conv_scale
+        conv_x = self.conv_block(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        if self.attn.fused:
+            index, inverse, groups = window_order(
+                height, width, self.attn.window_size, self.shift_size, batch, x.device
+            )
+            windows = y.reshape(-1, c).index_select(0, index).view(-1, self.attn.window_size**2, c)
+            attn_x = self.attn(windows, groups).view(-1, c).index_select(0, inverse).view_as(x)
+        else:
+            attn_x = self._reference_attention(y)
+        # shortcut + attn + conv_scale * conv, in the official order; add_ saves a temporary.
+        x = (x + attn_x).add_(conv_x, alpha=self.conv_scale)
         return x + self.mlp(self.norm2(x))
+
+    def _reference_attention(self, y: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C): roll, partition, attend, reverse, roll back (official)."""
+        ws, shift = self.attn.window_size, self.shift_size
+        height, width = y.shape[1:3]
+        if shift:
+            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
+        mask = shift_mask(height, width, ws, shift) if shift else None
+        out = window_reverse(self.attn.forward_reference(window_partition(y, ws), mask), ws, height, width)
+        return torch.roll(out, shifts=(shift, shift), dims=(1, 2)) if shift else out
 
 
 class OCAB(nn.Module):
@@ -342,29 +393,27 @@ class OCAB(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
-        shortcut = x
-        q, kv = self.qkv(self.norm1(x)).tensor_split((x.shape[-1],), dim=-1)  # (B,H,W,C), (B,H,W,2C)
-        q = rearrange(q, "b (nh wh) (nw ww) (heads d) -> (b nh nw) heads (wh ww) d", wh=ws, ww=ws, heads=heads)
+        batch, height, width, c = x.shape
+        qkv = self.qkv(self.norm1(x))  # B, H, W, 3C
+        index, inverse, _ = window_order(height, width, ws, 0, batch, x.device)
+        # Queries gathered straight into window order (nW*B windows, window-major like k/v below).
+        q = qkv.view(-1, 3 * c)[:, :c].index_select(0, index)
+        q = rearrange(q, "(w n) (heads d) -> w heads n d", n=ws * ws, heads=heads)
         pad = (ows - ws) // 2
-        kv = F.pad(kv, (0, 0, pad, pad, pad, pad))
-        # (B, nh, nw, 2C, ows, ows) strided view of the overlapping windows: no unfold copy.
+        kv = F.pad(qkv[..., c:], (0, 0, pad, pad, pad, pad))
+        # (B, nh, nw, 2C, ows, ows) strided view of the overlapping windows; the one copy below
+        # keeps channels innermost ((oh ow) heads d), the layout SDPA kernels read natively.
         kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)
-        k, v = rearrange(kv, "b nh nw (two heads d) oh ow -> two (b nh nw) heads (oh ow) d", two=2, heads=heads)
+        k, v = rearrange(kv, "b nh nw (two heads d) oh ow -> two (nh nw b) (oh ow) heads d", two=2, heads=heads)
         mask = self._bias.get(
             self.relative_position_bias_table,
             self.relative_position_index,
             (ws * ws, ows * ows),
             dtype=q.dtype,
         )
-        out = attend(q, k, v, mask, self.fused)
-        out = rearrange(
-            out,
-            "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)",
-            nh=x.shape[1] // ws,
-            nw=x.shape[2] // ws,
-            wh=ws,
-        )
-        x = self.proj(out) + shortcut
+        out = attend(q, k.transpose(1, 2), v.transpose(1, 2), mask, self.fused)
+        out = rearrange(out, "w heads n d -> (w n) (heads d)").index_select(0, inverse).view_as(x)
+        x = self.proj(out) + x
         return x + self.mlp(self.norm2(x))
 
 
