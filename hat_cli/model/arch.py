@@ -33,6 +33,18 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the official models subtract
 SHIFT_MASK_VALUE = -100.0  # official value (not -inf): keeps softmax of fully masked rows finite
 
 
+def _compiling() -> bool:
+    """True while torch.compile traces (torch >= 2.3 API, with the older private one as fallback)."""
+    check = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    return bool(check())
+
+
+def _cached(fn, *args):
+    """``fn(*args)`` through its functools cache in eager mode; under torch.compile the cache (a
+    Python side effect dynamo cannot trace) is skipped and the tensors are built in the graph."""
+    return fn.__wrapped__(*args) if _compiling() else fn(*args)
+
+
 # --------------------------------------------------------------------------- window helpers
 
 
@@ -82,28 +94,30 @@ def overlap_relative_position_index(window_size: int, overlap_window_size: int) 
     return (rel[0] * side + rel[1]) % (side * side)
 
 
-def shift_mask(height: int, width: int, window_size: int, shift_size: int) -> Tensor:
+def shift_mask(
+    height: int, width: int, window_size: int, shift_size: int, device: torch.device | str = "cpu"
+) -> Tensor:
     """(nW, N, N) additive mask of every window of a cyclically shifted image, as the official
     ``calculate_mask`` (windows row-major). Used by the reference path; the fast path needs only
     :func:`shift_mask_classes`."""
-    labels = torch.zeros(height, width, device="cpu")
+    labels = torch.zeros(height, width, device=device)
     regions = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
     for i, rows in enumerate(regions):
         for j, cols in enumerate(regions):
             labels[rows, cols] = 3 * i + j
     windows = window_partition(labels[None, :, :, None], window_size).squeeze(-1)  # nW, N
     differs = windows[:, None, :] != windows[:, :, None]
-    return torch.zeros(differs.shape, device="cpu").masked_fill(differs, SHIFT_MASK_VALUE)
+    return torch.zeros(differs.shape, device=device).masked_fill(differs, SHIFT_MASK_VALUE)
 
 
 @cache
-def shift_mask_classes(window_size: int, shift_size: int) -> Tensor:
+def shift_mask_classes(window_size: int, shift_size: int, device: torch.device | str = "cpu") -> Tensor:
     """(4, N, N) additive masks for shifted windows: [interior, right column, bottom row, corner].
 
     Built with the official labelling on a 2x2-window image, whose four windows are exactly one
     of each class; every window of a larger image shares the mask of its class.
     """
-    return shift_mask(2 * window_size, 2 * window_size, window_size, shift_size)
+    return shift_mask(2 * window_size, 2 * window_size, window_size, shift_size, device)
 
 
 # (rows, columns, class) of the window grid; see shift_mask_classes.
@@ -132,7 +146,7 @@ def window_order(
     runs once per class on a view, with one shared mask, instead of on copied sub-grids.
     """
     ws = window_size
-    grid = torch.arange(height * width, device="cpu").view(height, width)
+    grid = torch.arange(height * width, device=device).view(height, width)
     if shift_size:
         grid = grid.roll((-shift_size, -shift_size), dims=(0, 1))
     grid = rearrange(grid, "(nh wh) (nw ww) -> nh nw (wh ww)", wh=ws, ww=ws)
@@ -147,11 +161,11 @@ def window_order(
             groups.append((start * batch, (start + len(part)) * batch, shift_class))
             start += len(part)
     windows = torch.cat(parts)  # nW, N: spatial position of each token
-    offsets = torch.arange(batch, device="cpu") * (height * width)
+    offsets = torch.arange(batch, device=device) * (height * width)
     index = rearrange(windows[:, None, :] + offsets[None, :, None], "nw b n -> (nw b n)")
     inverse = torch.empty_like(index)
-    inverse[index] = torch.arange(index.numel(), device="cpu")
-    return index.to(device), inverse.to(device), tuple(groups)
+    inverse[index] = torch.arange(index.numel(), device=device)
+    return index, inverse, tuple(groups)
 
 
 def reflect_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -174,18 +188,30 @@ def reflect_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return x
 
 
+# Devices whose fused attention kernels need a head dim that is a multiple of 8 (CUDA's
+# memory-efficient and cuDNN kernels; HAT and HAT-L have 30). Without padding, SDPA falls back
+# to its unfused math path there. CPU's flash kernel takes any head dim.
+PAD_HEAD_DIM_DEVICES = {"cuda"}
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, fused: bool) -> Tensor:
     """Scaled dot-product attention with an additive mask.
 
     q: (B, heads, Nq, d), k/v: (B, heads, Nk, d), mask: (heads, Nq, Nk) or broadcastable to
     (B, heads, Nq, Nk). ``fused`` picks PyTorch's SDPA kernels; otherwise the official plain math.
     """
-    if fused:
-        # A 4-D mask is what lets CPU pick its flash kernel; with a 3-D one SDPA silently falls back
-        # to the unfused math path (plus a NaN-guarding "safe" softmax), about 3.5x slower.
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask if mask.dim() == 4 else mask[None])
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + mask
-    return scores.softmax(dim=-1) @ v
+    if not fused:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + mask
+        return scores.softmax(dim=-1) @ v
+    # A 4-D mask is what lets CPU pick its flash kernel; with a 3-D one SDPA silently falls back
+    # to the unfused math path (plus a NaN-guarding "safe" softmax), about 3.5x slower.
+    mask = mask if mask.dim() == 4 else mask[None]
+    head_dim = q.shape[-1]
+    pad = -head_dim % 8 if q.device.type in PAD_HEAD_DIM_DEVICES else 0
+    if pad:  # zero lanes add nothing to q.k and give zero output lanes, cut off below
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=head_dim**-0.5)
+    return out[..., :head_dim] if pad else out
 
 
 class _BiasCache:
@@ -215,7 +241,7 @@ class _BiasCache:
                 bias = bias + extra.to(bias)
             return bias.to(dtype)
 
-        if torch.is_grad_enabled() and table.requires_grad:
+        if _compiling() or (torch.is_grad_enabled() and table.requires_grad):
             return build()
         key = (extra_key, dtype, table.device, table._version)
         if key not in self._entries:
@@ -289,7 +315,8 @@ class WindowAttention(nn.Module):
         n = self.window_size**2
         extra = None
         if shift_class is not None:
-            extra = shift_mask_classes(self.window_size, self.window_size // 2)[shift_class]
+            device = self.relative_position_index.device
+            extra = _cached(shift_mask_classes, self.window_size, self.window_size // 2, device)[shift_class]
         return self._bias.get(
             self.relative_position_bias_table,
             self.relative_position_index,
@@ -349,8 +376,8 @@ class HAB(nn.Module):
         # permute gives a channels-last NCHW view: convolutions run on it without a copy.
         conv_x = self.conv_block(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         if self.attn.fused:
-            index, inverse, groups = window_order(
-                height, width, self.attn.window_size, self.shift_size, batch, x.device
+            index, inverse, groups = _cached(
+                window_order, height, width, self.attn.window_size, self.shift_size, batch, x.device
             )
             windows = y.reshape(-1, c).index_select(0, index).view(-1, self.attn.window_size**2, c)
             attn_x = self.attn(windows, groups).view(-1, c).index_select(0, inverse).view_as(x)
@@ -395,7 +422,7 @@ class OCAB(nn.Module):
         ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
         batch, height, width, c = x.shape
         qkv = self.qkv(self.norm1(x))  # B, H, W, 3C
-        index, inverse, _ = window_order(height, width, ws, 0, batch, x.device)
+        index, inverse, _ = _cached(window_order, height, width, ws, 0, batch, x.device)
         # Queries gathered straight into window order (nW*B windows, window-major like k/v below).
         q = qkv.view(-1, 3 * c)[:, :c].index_select(0, index)
         q = rearrange(q, "(w n) (heads d) -> w heads n d", n=ws * ws, heads=heads)
