@@ -18,6 +18,7 @@ from .bench import BicubicUpscaler
 from .checkpoint import load_model
 from .errors import ConfigError
 from .model import HAT
+from .model.compiled import CompiledHAT
 from .registry import Preset, Registry, load_registry
 from .store import ProgressCallback, ensure_checkpoint
 
@@ -83,6 +84,8 @@ class Upscaler:
     """A loaded HAT on a device, ready to upscale images.
 
     ``tile=0`` runs the whole image at once; tiled inference splits larger images.
+    ``compile=True`` runs the network through ``torch.compile`` (first call per input-size bucket
+    compiles; outputs are unchanged, see :class:`hat_cli.model.compiled.CompiledHAT`).
     """
 
     def __init__(
@@ -92,11 +95,15 @@ class Upscaler:
         precision: Precision = "auto",
         tile: int = 0,
         name: str = "",
+        compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)
         self.model.requires_grad_(False)
+        # What inference calls: the model, or with ``compile`` a torch.compile'd forward with one
+        # graph per window-multiple input shape (see hat_cli.model.compiled). Same outputs.
+        self.runner: HAT | CompiledHAT = CompiledHAT(self.model) if compile else self.model
         self.tile = tile
         self.name = name or "custom"
 
@@ -154,7 +161,7 @@ class Upscaler:
         if x.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
         with self._autocast():
-            out = self.model(x.to(self.device, torch.float32))
+            out = self.runner(x.to(self.device, torch.float32))
         return out.float().to(x.device)
 
     @overload
