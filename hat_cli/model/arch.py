@@ -261,7 +261,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        hidden = self.fc1(x)
+        # Without autograd (which needs GELU's input) GELU can overwrite it: one buffer less.
+        hidden = self.act(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
+        return self.fc2(hidden)
 
 
 class ChannelAttention(nn.Module):
@@ -385,7 +388,7 @@ class HAB(nn.Module):
             attn_x = self._reference_attention(y)
         # shortcut + attn + conv_scale * conv, in the official order; add_ saves a temporary.
         x = (x + attn_x).add_(conv_x, alpha=self.conv_scale)
-        return x + self.mlp(self.norm2(x))
+        return self.mlp(self.norm2(x)).add_(x)  # in place on a fresh output: no extra buffer
 
     def _reference_attention(self, y: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, H, W, C): roll, partition, attend, reverse, roll back (official)."""
@@ -440,8 +443,8 @@ class OCAB(nn.Module):
         )
         out = attend(q, k.transpose(1, 2), v.transpose(1, 2), mask, self.fused)
         out = rearrange(out, "w heads n d -> (w n) (heads d)").index_select(0, inverse).view_as(x)
-        x = self.proj(out) + x
-        return x + self.mlp(self.norm2(x))
+        x = self.proj(out).add_(x)
+        return self.mlp(self.norm2(x)).add_(x)  # in place on a fresh output: no extra buffer
 
 
 class AttenBlocks(nn.Module):
