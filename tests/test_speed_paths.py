@@ -184,6 +184,10 @@ def test_autocast_bf16_uses_cached_masks_per_dtype() -> None:
     bf16 = Upscaler(model, device="cpu", precision="bf16").upscale_tensor(x)
     again = Upscaler(model, device="cpu", precision="fp32").upscale_tensor(x)
     assert bf16.dtype == torch.float32
+    # In-place residual adds must not demote the fp32 residual stream to autocast's bf16.
+    block = model.layers[0].residual_group
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block(torch.randn(1, 8, 8, CONFIG.embed_dim)).dtype == torch.float32
     assert torch.equal(fp32, again)  # the bf16 masks did not replace the fp32 ones
     assert (bf16 - fp32).abs().max() < 0.1
 

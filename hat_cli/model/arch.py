@@ -214,6 +214,14 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, fused: bool) -> Tensor
     return out[..., :head_dim] if pad else out
 
 
+def add_residual(out: Tensor, shortcut: Tensor) -> Tensor:
+    """``shortcut + out``, written into ``out`` (a fresh layer output: no extra buffer) unless
+    that would lose precision, as under autocast (bf16 ``out``, fp32 residual stream)."""
+    if out.dtype == torch.promote_types(out.dtype, shortcut.dtype):
+        return out.add_(shortcut)
+    return shortcut + out
+
+
 class _BiasCache:
     """Caches ``table[index]`` (heads, Nq, Nk) per dtype/device/table version for inference.
 
@@ -388,7 +396,7 @@ class HAB(nn.Module):
             attn_x = self._reference_attention(y)
         # shortcut + attn + conv_scale * conv, in the official order; add_ saves a temporary.
         x = (x + attn_x).add_(conv_x, alpha=self.conv_scale)
-        return self.mlp(self.norm2(x)).add_(x)  # in place on a fresh output: no extra buffer
+        return add_residual(self.mlp(self.norm2(x)), x)
 
     def _reference_attention(self, y: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, H, W, C): roll, partition, attend, reverse, roll back (official)."""
@@ -443,8 +451,8 @@ class OCAB(nn.Module):
         )
         out = attend(q, k.transpose(1, 2), v.transpose(1, 2), mask, self.fused)
         out = rearrange(out, "w heads n d -> (w n) (heads d)").index_select(0, inverse).view_as(x)
-        x = self.proj(out).add_(x)
-        return self.mlp(self.norm2(x)).add_(x)  # in place on a fresh output: no extra buffer
+        x = add_residual(self.proj(out), x)
+        return add_residual(self.mlp(self.norm2(x)), x)
 
 
 class AttenBlocks(nn.Module):
