@@ -200,7 +200,8 @@ def time_pair(
     warmup: int,
     repeats: int,
 ) -> dict[str, tuple[list[float], list[float]]]:
-    """Wall and process-CPU seconds per runner; the order alternates every round (ABBA...)."""
+    """Wall and process-CPU seconds per runner; the order alternates every round (ABBA...).
+    Each runner has already run once on ``x`` (the output check), which is its warm-up."""
     names = list(runners)
     times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in names}
     with torch.inference_mode(), context:
@@ -241,10 +242,10 @@ def memory_child(name: str, impl: str, size: int) -> None:
     model = ours if impl == "ours" else spandrel
     del ours, spandrel
     x = torch.rand(1, 3, size, size)
-    # A first forward pages in library code and kernels' one-time buffers (~300 MB here, the same
-    # for both networks); the free heap it leaves is handed back so that it cannot hide the peak.
+    # A first, small forward pages in library code and kernels' one-time buffers (~300 MB here,
+    # the same for both networks); the free heap it leaves is handed back so it cannot hide the peak.
     with torch.inference_mode():
-        model(x)
+        model(x[..., :32, :32])
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     rss_before = proc_status_bytes("VmRSS")
     # "5" resets this process's RSS high-water mark (VmHWM) to the current RSS (Linux >= 4.0).
@@ -347,7 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", default=None, help="comma list of fp32, bf16, fp16 (CPU fp32; GPU all three)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each network (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each network first")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="untimed runs of each network after the first (output check) run"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument(
         "--cast",
