@@ -1,8 +1,9 @@
 """Every speed path gives the plain path's output.
 
 Fast paths under test: SDPA attention (4-D masks), shifted windows gathered in one index_select
-and grouped by mask class, OCAB from strided views, head-dim padding for CUDA kernels (forced on
-CPU here), autocast with cached low-precision masks, and the torch.compile'd forward.
+and grouped by mask class, OCAB from strided views, oneDNN linear layers (GELU fused), head-dim
+padding for CUDA kernels (forced on CPU here), autocast with cached low-precision masks, and the
+torch.compile'd forward.
 """
 
 from __future__ import annotations
@@ -153,6 +154,25 @@ def test_window_order_is_rolled_partition_grouped_by_mask_class(batch: int, heig
             assert shift_class == 2 * (row == height // ws - 1) + (col == nw - 1)
     assert sorted(set(seen)) == list(range(windows.shape[0] // batch))
     assert set(classes.unique().tolist()) <= {0.0, SHIFT_MASK_VALUE}
+
+
+@pytest.mark.skipif(not arch.ONEDNN_LINEAR, reason="oneDNN linear op not available on this build/CPU")
+def test_onednn_linear_equals_blas_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = arch.Linear(24, 40)
+    x = torch.randn(3, 16, 24)
+    with torch.inference_mode():
+        assert layer.use_onednn(x)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+        gelu = torch.nn.functional.gelu(torch.nn.functional.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(layer.onednn(x, "gelu"), gelu)
+    assert not layer.use_onednn(x)  # autograd on: plain F.linear
+    model = random_model()
+    x = torch.rand(2, 3, 12, 8)
+    with torch.inference_mode():
+        fast = model(x)
+        monkeypatch.setattr(arch, "ONEDNN_LINEAR", False)
+        blas = model(x)
+    torch.testing.assert_close(fast, blas, atol=1e-5, rtol=0)
 
 
 def test_head_dim_padding_for_cuda_kernels_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
