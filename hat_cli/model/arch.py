@@ -248,7 +248,7 @@ class _BiasCache:
             bias = rearrange(table[index.reshape(-1)], "(q k) h -> h q k", q=shape[0], k=shape[1])
             if extra is not None:
                 bias = bias + extra.to(bias)
-            return bias.to(dtype)
+            return bias.to(dtype).contiguous()  # kernels copy strided masks on every call
 
         if _compiling() or (torch.is_grad_enabled() and table.requires_grad):
             return build()
