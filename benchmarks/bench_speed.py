@@ -338,12 +338,12 @@ def print_row(row: Row, peak: float, device: torch.device, header: bool) -> None
     ours_s, spandrel_s = (row.ours_cpu_s, row.spandrel_cpu_s) if device.type == "cpu" else (row.ours_s, row.spandrel_s)
     flops = f"{100 * row.gflop * 1e9 / ours_s / peak:.0f}% / {100 * row.gflop * 1e9 / spandrel_s / peak:.0f}%"
     line = (
-        f"| {row.model} | {row.size}x{row.size} | {row.dtype} | {row.megapixels / row.ours_s:.4f} | "
-        f"{row.megapixels / row.spandrel_s:.4f} | {row.spandrel_s / row.ours_s:.2f}x | {cpu_ratio} | "
+        f"| {row.model} | {row.size}x{row.size} | {row.dtype} | {row.megapixels / row.ours_s:.3g} | "
+        f"{row.megapixels / row.spandrel_s:.3g} | {row.spandrel_s / row.ours_s:.2f}x | {cpu_ratio} | "
         f"{row.max_abs_err:.1e} | {mem} | {flops} |"
     )
     if row.compiled_s is not None:
-        line += f" {row.megapixels / row.compiled_s:.4f} ({row.compile_time_s:.0f}, err {row.compiled_err:.0e}) |"
+        line += f" {row.megapixels / row.compiled_s:.3g} ({row.compile_time_s:.0f}, err {row.compiled_err:.0e}) |"
     print(line, flush=True)
 
 
