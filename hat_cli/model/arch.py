@@ -40,6 +40,14 @@ def _compiling() -> bool:
     return bool(check())
 
 
+def _cpu_autocast() -> bool:
+    """Whether CPU autocast is on (``is_autocast_enabled(device)`` exists from torch 2.4)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
+
 def _cached(fn, *args):
     """``fn(*args)`` through its functools cache in eager mode; under torch.compile the cache (a
     Python side effect dynamo cannot trace) is skipped and the tensors are built in the graph."""
@@ -282,7 +290,7 @@ class Linear(nn.Linear):
             and x.device.type == "cpu"
             and x.dtype == torch.float32 == self.weight.dtype
             and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
+            and not _cpu_autocast()
             and not _compiling()
         )
 
@@ -380,13 +388,10 @@ class WindowAttention(nn.Module):
         q, k, v = rearrange(
             self.qkv(windows), "w n (three heads d) -> three w heads n d", three=3, heads=self.num_heads
         )
-        outs = [
-            # (w, n, heads, d): SDPA kernels write this layout, so heads merge back without a copy.
-            attend(q[start:stop], k[start:stop], v[start:stop], self._mask(q.dtype, shift_class), self.fused).transpose(
-                1, 2
-            )
-            for start, stop, shift_class in groups
-        ]
+        outs = []
+        for start, stop, shift_class in groups:
+            out = attend(q[start:stop], k[start:stop], v[start:stop], self._mask(q.dtype, shift_class), self.fused)
+            outs.append(out.transpose(1, 2))  # (w, n, heads, d): what SDPA kernels write, so no copy
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return self.proj(out.reshape(n_windows, n, c))
 
