@@ -4,13 +4,18 @@ Parameter names and shapes are exactly those of the official checkpoints, so off
 community files load with ``strict=True``. Features travel between blocks as ``(B, H, W, C)``.
 
 Differences from the official code, none of which changes the result:
-- attention runs through ``scaled_dot_product_attention`` with the relative position bias (and
-  the shift mask) as an additive mask; the plain softmax path is kept (``fused_attention=False``);
-- bias tensors, index tables and shift masks are built once and cached, not on every forward;
+- attention runs through ``scaled_dot_product_attention`` (4-D masks, so CPU gets its flash
+  kernel; head dims padded to 8 on CUDA) with the relative position bias (and the shift mask) as
+  an additive mask; the official roll/partition/plain-softmax path is kept as the reference
+  (``fused_attention=False``);
+- bias tensors, index tables and shift masks are built once and cached, not on every forward
+  (under torch.compile they are built in the graph instead);
 - the shift mask is never materialised per window: with a cyclic shift only the last row and
   column of windows see wrapped-around pixels, so windows fall into four classes (interior,
-  right column, bottom row, corner) that each share one ``(N, N)`` mask;
+  right column, bottom row, corner) that each share one ``(N, N)`` mask; one cached gather index
+  takes the image into windows grouped by class, with the cyclic shift folded in (no roll);
 - OCAB takes overlapping key/value windows as strided views instead of ``nn.Unfold``;
+- fp32 CPU inference runs the linear layers through oneDNN (GELU fused), not the BLAS;
 - inputs of any size are reflect-padded bottom/right to a window multiple and the output cropped
   (the official test recipe), so ``model(x)`` works on any image.
 
