@@ -519,7 +519,7 @@ def train(options: TrainOptions, progress: Callable[[TrainProgress], None] | Non
             update_ema(ema, model, min(options.ema_decay, (1 + run.iteration) / (10 + run.iteration)))
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(f"loss became {value} at iteration {run.iteration}: lower the lr")
+                raise ConfigError(f"loss became {value} at iteration {run.iteration}: lower --lr (nothing saved)")
             run.last_loss = value
             run.loss_avg = value if run.loss_avg is None else 0.98 * run.loss_avg + 0.02 * value
             step_time += time.perf_counter() - t0
