@@ -56,10 +56,12 @@ app = typer.Typer(
 
 from . import models as _models  # noqa: E402  (registers sub-commands on import)
 from .bench import BenchCommand, bench  # noqa: E402
+from .train import train  # noqa: E402
 from .upscale import upscale  # noqa: E402
 
 app.command()(upscale)
 app.command(cls=BenchCommand)(bench)
+app.command()(train)
 app.add_typer(_models.app, name="models")
 
 
