@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..api import open_upscaler
+from ..api import Upscaler, open_upscaler
 from ..errors import ConfigError
 from ..imageio import default_output_path, read_image, write_image
-from .console import console
+from .console import console, err_console
 from .options import (
     ConvScaleOpt,
     DeviceOpt,
@@ -21,8 +21,11 @@ from .options import (
     RegistryOpt,
     ScaleOpt,
     TileOpt,
+    TileOverlapOpt,
+    VerboseOpt,
     WeightsOpt,
 )
+from .progress import tile_progress
 
 
 def parse_tile(value: str) -> int | str:
@@ -52,12 +55,14 @@ def upscale(
     scale: ScaleOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    tile: TileOpt = "0",
+    tile: TileOpt = "auto",
+    tile_overlap: TileOverlapOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     registry: RegistryOpt = None,
     conv_scale: ConvScaleOpt = None,
     img_range: ImgRangeOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Upscale images: hat upscale photo.png --scale 4."""
     tile_size = parse_tile(tile)
@@ -70,7 +75,8 @@ def upscale(
         img_range=img_range,
         device=device,
         precision=precision,
-        tile=0 if tile_size == "auto" else tile_size,
+        tile=tile_size,
+        tile_overlap=tile_overlap,
     )
     if output is not None and len(inputs) > 1 and output.suffix:
         raise ConfigError(f"-o {output}: with several inputs, -o must be a folder")
@@ -84,7 +90,11 @@ def upscale(
         if target.exists() and not overwrite:
             raise ConfigError(f"{target} exists: pass --overwrite to replace it")
         image = read_image(path)
-        result = upscaler.upscale(image)
+        tiled = isinstance(upscaler, Upscaler)  # not the bicubic baseline
+        with tile_progress(path.name, enabled=tiled and not quiet) as progress:
+            result = upscaler.upscale(image, progress=progress) if tiled else upscaler.upscale(image)
+        if verbose and tiled and upscaler.last_stats is not None:
+            err_console.print(f"{path}: {upscaler.last_stats.describe()}", highlight=False, soft_wrap=True)
         write_image(result, target)
         if not quiet:
             console.print(f"{path} -> {target} ({result.width}x{result.height}, {upscaler.name})", highlight=False)
