@@ -276,14 +276,14 @@ def padded_reader(read: Reader, height: int, width: int, window: int) -> Reader:
 
 # Peak working memory of one HAT forward, in float32 values per input pixel, measured as the rise
 # of peak RSS over 96 and 160 px tiles on CPU (benchmarks/bench_tiling_memory.py --calibrate):
-# - body: ~12 values per channel (residual stream, LayerNorm, CAB, qkv and its window copies,
+# - body: ~16 values per channel (residual stream, LayerNorm, CAB, qkv and its window copies,
 #   MLP), plus the attention scores, which CPU SDPA with an additive mask materialises: per head
 #   ws^2 (window attention) + ows^2 (OCAB), about 1.7 copies;
-# - reconstruction: the last pixel-shuffle stage holds ~2.7 * num_feat * scale^2 values;
+# - reconstruction: the last pixel-shuffle stage holds ~2.8 * num_feat * scale^2 values;
 # body and reconstruction do not overlap in time, so the peak is their maximum.
-BODY_VALUES_PER_CHANNEL = 12.0
+BODY_VALUES_PER_CHANNEL = 16.0
 SCORE_COPIES = 1.7
-UPSAMPLER_COPIES = 2.7
+UPSAMPLER_COPIES = 2.8
 # Half-precision autocast keeps LayerNorm/softmax in fp32: about 3 bytes per value on average.
 BYTES_PER_VALUE = {torch.float32: 4.0, torch.bfloat16: 3.0, torch.float16: 3.0}
 # Used for models without a HAT config: a HAT-S-sized network at scale 4.
@@ -596,7 +596,8 @@ class TileEngine:
         """(C, h, w) -> (1, C, s*h, s*w) on the CPU: one tile upscaled as an image of smaller tiles."""
         assert self.max_side is not None
         channels, height, width = tile.shape
-        sub = make_plan(height, width, plan.scale, plan.window, self.max_side, plan.overlap, None, plan.blend)
+        overlap = None if plan.whole else plan.overlap  # an untiled plan has none: use the default
+        sub = make_plan(height, width, plan.scale, plan.window, self.max_side, overlap, None, plan.blend)
         canvas = torch.empty(channels, height * plan.scale, width * plan.scale)
 
         def write(row: int, block: Tensor) -> None:

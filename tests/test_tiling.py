@@ -282,6 +282,14 @@ def test_out_of_memory_halves_the_tile_and_never_pastes_a_failed_tile() -> None:
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)  # nothing from the failed call
 
 
+def test_out_of_memory_on_a_whole_image_falls_back_to_overlapping_tiles() -> None:
+    model = OutOfMemoryOnce()
+    x = image(64, 96)
+    out = run_tiled(TileEngine(model, CPU, torch.float32), x, tile=0)
+    assert len({shape[-1] for shape in model.calls}) == 1 and model.calls[0][-1] == 48
+    torch.testing.assert_close(out, untiled(LocalNet().eval(), x[None])[0], atol=1e-5, rtol=0)
+
+
 def test_out_of_memory_in_a_batch_splits_the_batch_first() -> None:
     model = OutOfMemoryOnce(first=False, batches=True)
     x = image(40, 72)
