@@ -437,3 +437,29 @@ def test_hat_memory_model_grows_with_width_heads_and_scale() -> None:
     full = bytes_per_input_pixel(type("FullHAT", (), {"config": config, "scale": 4, "window_size": 16})())
     assert small < x4 < full
     assert bytes_per_input_pixel(tiny_hat(), torch.bfloat16) < small
+
+
+def test_cuda_choice_batches_tiles_and_keeps_the_band_in_host_memory() -> None:
+    cuda = torch.device("cuda")  # only planned here: nothing touches a GPU
+    model = Sized()
+    choice = choose_tile(model, 400, 600, cuda, torch.bfloat16, budget=40_000_000, host_budget=10**9)
+    per_tile = 1000.0 * choice.tile**2
+    assert 0 < choice.tile < 600 and per_tile <= 40_000_000
+    assert 1 <= choice.batch <= 8 and choice.batch * per_tile <= 40_000_000 and "GPU" in choice.reason
+    roomy = choose_tile(model, 400, 600, cuda, torch.bfloat16, budget=10**12, host_budget=10**12)
+    assert roomy.tile == 0 and roomy.batch == 1
+    # A large GPU but little host RAM: the band accumulator (host side) limits the tile.
+    host_bound = choose_tile(model, 400, 600, cuda, torch.bfloat16, budget=10**12, host_budget=20_000_000)
+    assert 0 < host_bound.tile < 400
+
+
+def test_available_ram_falls_back_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hat_cli import tiling
+
+    assert tiling.available_ram() > 0 and tiling.free_device_memory(CPU) > 0
+
+    def no_proc(*args: object, **kwargs: object) -> None:
+        raise OSError("no /proc")
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    assert tiling.available_ram() > 0
