@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, NamedTuple, Protocol
 
@@ -452,7 +452,6 @@ class TileStats:
     oom_retries: int = 0
     fp32_fallbacks: int = 0
     smallest_tile: int = 0  # tile side after out-of-memory halving (0: never halved)
-    extra: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         if self.tile == 0:
@@ -657,15 +656,6 @@ def array_reader(array: np.ndarray) -> Reader:
     return read
 
 
-def estimate_output_bytes(height: int, width: int, scale: int, channels: int, itemsize: int) -> int:
-    return height * scale * width * scale * channels * itemsize
-
-
-def tiles_label(plan: TilePlan) -> str:
-    """``3x4 tiles`` or ``whole image``: short text for progress bars."""
-    return "whole image" if plan.whole else f"{len(plan.ys)}x{len(plan.xs)} tiles"
-
-
 __all__ = [
     "AxisWeight",
     "Blend",
@@ -680,12 +670,15 @@ __all__ = [
     "axis_starts",
     "axis_weights",
     "bytes_per_input_pixel",
+    "choose_batch",
     "choose_tile",
     "default_overlap",
     "free_device_memory",
     "is_out_of_memory",
     "make_plan",
+    "padded_reader",
     "quantize",
+    "reflect_indices",
     "round_overlap",
     "round_tile",
 ]

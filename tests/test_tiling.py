@@ -242,7 +242,7 @@ class Memo(nn.Module):
 @pytest.mark.parametrize("source", ["fixture", "seeded"])
 def test_blend_not_worse_than_hard_crop_on_a_hat(source: str) -> None:
     model = _fixture_x2() if source == "fixture" else tiny_hat()
-    x = image(40, 60, seed=3)
+    x = image(32, 48, seed=3)
     reference = untiled(model, x[None])[0]
     engine = TileEngine(Memo(model), CPU, torch.float32)
     blend = psnr(run_tiled(engine, x, tile=24, overlap=16, blend="feather"), reference)
