@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, nargs="+", default=[64, 96, 128])
     parser.add_argument("--overlap", type=int, default=None, help="input pixels (default: the library's)")
     parser.add_argument(
-        "--margins", type=int, nargs="*", default=[], help="extra blend margins to compare (input pixels)"
+        "--margins", type=float, nargs="*", default=[], help="extra blend margins to compare (input pixels)"
     )
     parser.add_argument("--crop", type=int, default=160, help="crop height (width 1.5x) of each photo")
     parser.add_argument("--bsd", type=int, default=3, help="BSD100 images added to Set5")
