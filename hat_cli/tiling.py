@@ -11,7 +11,7 @@ One image goes through three steps:
    tiles can be batched. An axis no longer than a tile gets a single tile.
 2. **Weights** (:func:`axis_weights`). Separable 1-D weights per grid row and column, in output
    pixels. Pixels next to a tile's own interior border saw a truncated context, so a *margin*
-   there (7/16 of the overlap by default) gets weight zero; between the margins a raised-cosine
+   there (15/32 of the overlap by default) gets weight zero; between the margins a raised-cosine
    ramp hands over from one tile to the next. At the image border a tile keeps full weight (the
    untiled network sees the same border). The 1-D weights are normalised to sum to one at every pixel, hence so
    are their 2-D products: the output is a convex combination of tile outputs.
@@ -220,12 +220,14 @@ def make_plan(
     """Plan tiles of side ``tile`` (0 = whole image) overlapping by ``overlap`` input pixels.
 
     ``margin`` (input pixels) is kept out of the blend on each side of an interior tile border;
-    the feathered ramp runs over the rest of the overlap. The default margin is 7/16 of the
-    overlap: the ramp spans the central eighth. A tile's error against the untiled output grows
-    by roughly 10x per 4 pixels towards its border, so a wide ramp mixes in too much of the worse
-    tile, while a narrow one still removes the hard cut's step and averages the two tiles'
-    (independent) errors where they are equal. Ramps of 1/4 of the overlap were sometimes
-    better, sometimes worse than the hard cut; 1/8 never lost (benchmarks/NOTES-tiling.md).
+    the feathered ramp runs over the rest of the overlap. The default margin is 15/32 of the
+    overlap: the ramp spans the central sixteenth (2 input pixels of a 32-pixel overlap, 8 output
+    pixels at x4). A tile's error against the untiled output falls by 5-10 dB per input pixel of
+    context until it reaches the float noise floor, so a wide ramp mixes in too much of the worse
+    tile; a narrow one still spreads the hard cut's step and averages the two tiles' independent
+    errors where they are equal. Measured on three tiny HATs and overlaps of 8-32 pixels, ramps
+    of 1/4 and 1/8 of the overlap sometimes lost to the hard cut, 1/16 never did
+    (benchmarks/NOTES-tiling.md).
     """
     if height < 1 or width < 1:
         raise ValueError(f"empty image ({height}x{width})")
@@ -236,7 +238,7 @@ def make_plan(
         return TilePlan(height, width, scale, window, pad_h, pad_w, 0, 0, blend, (0,), (0,))
     tile = round_tile(tile, window)
     overlap = round_overlap(default_overlap(window) if overlap is None else overlap, window, tile)
-    margin = 7 * overlap / 16 if margin is None else max(0.0, min(margin, overlap / 2))
+    margin = 15 * overlap / 32 if margin is None else max(0.0, min(margin, overlap / 2))
     return TilePlan(
         height=height,
         width=width,

@@ -129,7 +129,7 @@ def test_edge_tiles_shift_inward() -> None:
 def test_plan_pads_to_window_like_the_network() -> None:
     plan = make_plan(45, 70, 2, 8, 32, 16)
     assert (plan.padded_height, plan.padded_width) == (48, 72)
-    assert (plan.tile_h, plan.tile_w, plan.overlap, plan.margin) == (32, 32, 16, 7)
+    assert (plan.tile_h, plan.tile_w, plan.overlap, plan.margin) == (32, 32, 16, 7.5)
     assert plan.ys == (0, 16) and plan.xs == (0, 16, 32, 40)
     narrow = make_plan(20, 300, 4, 16, 64)  # an axis shorter than a tile gets one (padded) tile
     assert narrow.ys == (0,) and narrow.tile_h == 32 and narrow.tile_w == 64
@@ -145,7 +145,7 @@ def test_plan_pads_to_window_like_the_network() -> None:
 @pytest.mark.parametrize(("length", "tile", "overlap", "scale"), [(100, 32, 16, 2), (72, 32, 16, 4), (200, 64, 32, 3)])
 def test_weights_sum_to_one_and_keep_the_margin(blend: str, length: int, tile: int, overlap: int, scale: int) -> None:
     starts = axis_starts(length, tile, overlap)
-    margin = 7 * overlap / 16
+    margin = 15 * overlap / 32
     weights = axis_weights(starts, tile, length, scale, overlap, margin, blend)  # type: ignore[arg-type]
     total = np.zeros(length * scale)
     for w in weights:
