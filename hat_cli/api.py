@@ -6,6 +6,7 @@ The CLI is a thin layer over this module.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, overload
 
@@ -111,6 +112,9 @@ class Upscaler:
     neighbouring tiles and blended. ``tile_batch`` tiles go through one forward (default: as many
     as fit on CUDA, 1 on CPU). ``memory_budget`` (bytes) replaces the free-memory probe of
     ``tile="auto"``. After each image, :attr:`last_stats` says what was run.
+
+    ``progress(done, total)`` is called after every tile: pass it to a call, or set the
+    :attr:`progress` attribute once; :attr:`on_stats` is called with each image's stats.
     """
 
     def __init__(
@@ -138,6 +142,10 @@ class Upscaler:
         self.memory_budget = memory_budget
         self.name = name or "custom"
         self.last_stats: TileStats | None = None
+        # Hooks for callers that do not call upscale* themselves (the CLI's batch pipeline):
+        # ``progress`` is used when a call passes none; ``on_stats`` hears about every image.
+        self.progress: Progress | None = None
+        self.on_stats: Callable[[TileStats], None] | None = None
         self._engine = TileEngine(self.model, self.device, self.dtype)
 
     # ------------------------------------------------------------------ constructors
@@ -221,11 +229,13 @@ class Upscaler:
         engine.batch = stats.batch
         engine.oom_retries = engine.fp32_fallbacks = 0
         try:
-            engine.run(plan, read, write, progress)
+            engine.run(plan, read, write, progress or self.progress)
         finally:
             stats.oom_retries, stats.fp32_fallbacks = engine.oom_retries, engine.fp32_fallbacks
             stats.smallest_tile = engine.max_side or 0
             self.last_stats = stats
+        if self.on_stats is not None:
+            self.on_stats(stats)
 
     @torch.inference_mode()
     def upscale_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.progress import Progress
 from typer.testing import CliRunner
 
 from hat_cli import Upscaler
@@ -53,11 +54,33 @@ def test_bad_tile_options_are_usage_errors(tmp_path: Path, tiny_checkpoint: Path
 def test_progress_shows_only_for_several_tiles_and_not_when_quiet() -> None:
     with tile_progress("x.png", enabled=False) as callback:
         assert callback is None
-    bar = TileProgress("x.png")
-    bar(1, 1)
-    assert bar._bar is None  # a single tile: no bar
-    bar(1, 4)
-    assert bar._bar is not None
-    bar(4, 4)
-    bar.close()
-    assert bar._bar is None
+    own = TileProgress("x.png")
+    own(1, 1)
+    assert own._bar is None  # a single tile: no bar
+    own(1, 4)
+    assert own._bar is not None and len(own._bar.tasks) == 1
+    own(4, 4)
+    assert not own._bar.tasks  # the image is done; the next one starts a fresh count
+    own.close()
+    assert own._bar is None
+    shared = Progress()
+    files = shared.add_task("files", total=3)
+    tiles = TileProgress("tiles", bar=shared)
+    tiles(2, 6)
+    assert [t.description for t in shared.tasks] == ["files", "tiles"]
+    tiles(6, 6)
+    tiles.close()
+    assert [t.id for t in shared.tasks] == [files]  # the shared bar is left to its owner
+
+
+def test_upscaler_hooks_report_progress_and_stats() -> None:
+    from hat_cli.model import HAT, HATConfig
+
+    config = HATConfig(upscale=2, embed_dim=12, depths=(1,), num_heads=(2,), window_size=4, squeeze_factor=4)
+    upscaler = Upscaler(HAT(config), device="cpu", tile=8, tile_overlap=4)
+    seen, stats = [], []
+    upscaler.progress = lambda done, total: seen.append((done, total))
+    upscaler.on_stats = stats.append
+    upscaler.upscale_array(np.zeros((12, 20, 3), np.uint8))
+    assert seen and seen[-1][0] == seen[-1][1] > 1
+    assert len(stats) == 1 and stats[0] is upscaler.last_stats
