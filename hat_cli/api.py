@@ -6,7 +6,7 @@ The CLI is a thin layer over this module.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, overload
 
@@ -21,9 +21,25 @@ from .model import HAT
 from .model.compiled import CompiledHAT
 from .registry import Preset, Registry, load_registry
 from .store import ProgressCallback, ensure_checkpoint
+from .tiling import (
+    Progress,
+    Reader,
+    TileEngine,
+    TilePlan,
+    TileStats,
+    Writer,
+    array_reader,
+    array_writer,
+    choose_batch,
+    choose_tile,
+    make_plan,
+    quantize,
+)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+TileSize = int | Literal["auto"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -75,15 +91,32 @@ def image_to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
 
 def tensor_to_array(tensor: torch.Tensor, dtype: type[np.generic] = np.uint8) -> np.ndarray:
     """(1, C, H, W) float -> HxWxC array, clamped and rounded like BasicSR's ``tensor2img``."""
-    peak = 65535.0 if dtype == np.uint16 else 255.0
-    out = (tensor[0].float().clamp(0, 1) * peak).round().permute(1, 2, 0)
-    return out.to("cpu").numpy().astype(dtype)
+    return quantize(tensor[0].to("cpu"), dtype)
+
+
+def check_tile(tile: TileSize) -> TileSize:
+    """``"auto"`` or a size in input pixels (0 = whole image); anything else is a ConfigError."""
+    if tile == "auto":
+        return tile
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+        raise ConfigError(f"tile {tile!r}: use 'auto', 0 (whole image) or a positive size in pixels")
+    return tile
 
 
 class Upscaler:
     """A loaded HAT on a device, ready to upscale images.
 
-    ``tile=0`` runs the whole image at once; tiled inference splits larger images.
+    Tiling (see :mod:`hat_cli.tiling`): ``tile="auto"`` picks the largest tile that fits in free
+    memory (the whole image when it fits: then the result is exactly the untiled network's);
+    ``tile=N`` uses N-pixel input tiles (rounded down to a window multiple), ``tile=0`` never
+    tiles. ``tile_overlap`` (input pixels, default two windows and at least 32) is shared by
+    neighbouring tiles and blended. ``tile_batch`` tiles go through one forward (default: as many
+    as fit on CUDA, 1 on CPU). ``memory_budget`` (bytes) replaces the free-memory probe of
+    ``tile="auto"``. After each image, :attr:`last_stats` says what was run.
+
+    ``progress(done, total)`` is called after every tile: pass it to a call, or set the
+    :attr:`progress` attribute once; :attr:`on_stats` is called with each image's stats.
+
     ``compile=True`` runs the network through ``torch.compile`` (first call per input-size bucket
     compiles; outputs are unchanged, see :class:`hat_cli.model.compiled.CompiledHAT`).
     """
@@ -93,8 +126,11 @@ class Upscaler:
         model: HAT,
         device: str | torch.device = "auto",
         precision: Precision = "auto",
-        tile: int = 0,
+        tile: TileSize = "auto",
         name: str = "",
+        tile_overlap: int | None = None,
+        tile_batch: int | None = None,
+        memory_budget: int | None = None,
         compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
@@ -104,8 +140,21 @@ class Upscaler:
         # What inference calls: the model, or with ``compile`` a torch.compile'd forward with one
         # graph per window-multiple input shape (see hat_cli.model.compiled). Same outputs.
         self.runner: HAT | CompiledHAT = CompiledHAT(self.model) if compile else self.model
-        self.tile = tile
+        self.tile = check_tile(tile)
+        if tile_overlap is not None and tile_overlap < 0:
+            raise ConfigError(f"tile overlap {tile_overlap}: must be >= 0")
+        if tile_batch is not None and tile_batch < 1:
+            raise ConfigError(f"tile batch {tile_batch}: must be >= 1")
+        self.tile_overlap = tile_overlap
+        self.tile_batch = tile_batch
+        self.memory_budget = memory_budget
         self.name = name or "custom"
+        self.last_stats: TileStats | None = None
+        # Hooks for callers that do not call upscale* themselves (the CLI's batch pipeline):
+        # ``progress`` is used when a call passes none; ``on_stats`` hears about every image.
+        self.progress: Progress | None = None
+        self.on_stats: Callable[[TileStats], None] | None = None
+        self._engine = TileEngine(self.runner, self.device, self.dtype)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -149,36 +198,124 @@ class Upscaler:
     def scale(self) -> int:
         return self.model.scale
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
     # ------------------------------------------------------------------ inference
+    def plan(self, height: int, width: int, channels: int = 3, output_bytes: int = 0) -> tuple[TilePlan, TileStats]:
+        """The tile plan for a ``height x width`` input, and the stats record describing it.
+
+        ``output_bytes``: the caller's output buffer, counted against free memory by ``tile="auto"``.
+        """
+        model = self.model
+        reason = ""
+        if self.tile == "auto":
+            choice = choose_tile(
+                model,
+                height,
+                width,
+                self.device,
+                self.dtype,
+                self.tile_overlap,
+                channels=channels,
+                output_bytes=output_bytes,
+                batch=self.tile_batch,
+                budget=self.memory_budget,
+            )
+            tile, batch, reason = choice.tile, choice.batch, f"auto: {choice.reason}"
+            plan = make_plan(height, width, model.scale, model.window_size, tile, self.tile_overlap)
+        else:
+            plan = make_plan(height, width, model.scale, model.window_size, self.tile, self.tile_overlap)
+            batch = self.tile_batch or choose_batch(model, plan, self.device, self.dtype, self.memory_budget)
+        stats = TileStats(
+            height=height,
+            width=width,
+            tile=0 if plan.whole else max(plan.tile_h, plan.tile_w),
+            overlap=plan.overlap,
+            grid=(len(plan.ys), len(plan.xs)),
+            batch=batch,
+            device=str(self.device),
+            precision=_NAMES[self.dtype],
+            reason=reason,
+        )
+        return plan, stats
+
+    def _run(self, plan: TilePlan, stats: TileStats, read: Reader, write: Writer, progress: Progress | None) -> None:
+        engine = self._engine
+        engine.batch = stats.batch
+        engine.oom_retries = engine.fp32_fallbacks = 0
+        try:
+            engine.run(plan, read, write, progress or self.progress)
+        finally:
+            stats.oom_retries, stats.fp32_fallbacks = engine.oom_retries, engine.fp32_fallbacks
+            stats.smallest_tile = engine.max_side or 0
+            self.last_stats = stats
+        if self.on_stats is not None:
+            self.on_stats(stats)
+
     @torch.inference_mode()
-    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float in [0, 1] -> (B, C, sH, sW) float32 (unclipped) on the input's device."""
+    def upscale_tensor(self, x: torch.Tensor, progress: Progress | None = None) -> torch.Tensor:
+        """(B, C, H, W) float in [0, 1] -> (B, C, sH, sW) float32 (unclipped) on the input's device.
+
+        Tiled like every other entry point; the result is a float canvas, so prefer
+        :meth:`upscale_array` for large images.
+        """
         if x.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
-        with self._autocast():
-            out = self.runner(x.to(self.device, torch.float32))
-        return out.float().to(x.device)
+        count, channels, height, width = x.shape
+        scale = self.scale
+        out = torch.empty(count, channels, height * scale, width * scale)
+        plan, stats = self.plan(height, width, channels, output_bytes=out.numel() * 4)
+        source = x.float()
+        for index in range(count):
+            image, canvas = source[index], out[index]
+
+            def read(y0: int, y1: int, x0: int, x1: int, image: torch.Tensor = image) -> torch.Tensor:
+                return image[:, y0:y1, x0:x1]
+
+            def write(row: int, block: torch.Tensor, canvas: torch.Tensor = canvas) -> None:
+                canvas[:, row : row + block.shape[1]] = block
+
+            self._run(plan, stats, read, write, progress)
+        return out.to(x.device)
+
+    def upscale_array(self, array: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """H x W x C (or H x W for 1-channel models) uint8/uint16 -> same layout and dtype, s times larger.
+
+        Peak memory is the output array plus one band of tiles: rows are quantised into the
+        output as soon as no later tile touches them.
+        """
+        array = np.asarray(array)
+        if array.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"expected a uint8 or uint16 array, got {array.dtype}")
+        squeeze = array.ndim == 2
+        if squeeze:
+            array = array[:, :, None]
+        config = getattr(self.model, "config", None)
+        channels = config.in_chans if config is not None else array.shape[-1]
+        if array.ndim != 3 or array.shape[2] != channels:
+            raise ValueError(f"expected an H x W x {channels} array for this model, got shape {array.shape}")
+        height, width = array.shape[:2]
+        scale = self.scale
+        out = np.empty((height * scale, width * scale, channels), dtype=array.dtype)
+        plan, stats = self.plan(height, width, channels, output_bytes=out.nbytes)
+        self._run(plan, stats, array_reader(array), array_writer(out), progress)
+        return out[:, :, 0] if squeeze else out
 
     @overload
-    def upscale(self, image: Image.Image) -> Image.Image: ...
+    def upscale(self, image: Image.Image, progress: Progress | None = None) -> Image.Image: ...
     @overload
-    def upscale(self, image: np.ndarray) -> np.ndarray: ...
+    def upscale(self, image: np.ndarray, progress: Progress | None = None) -> np.ndarray: ...
     @overload
-    def upscale(self, image: torch.Tensor) -> torch.Tensor: ...
+    def upscale(self, image: torch.Tensor, progress: Progress | None = None) -> torch.Tensor: ...
 
-    def upscale(self, image):
-        """Upscale a PIL image (-> RGB PIL image), an HxWx3 uint8 array, or a (B,3,H,W) tensor."""
+    def upscale(self, image, progress=None):
+        """Upscale a PIL image (-> RGB PIL image), an HxWx3 uint8/uint16 array, or a (B,3,H,W) tensor.
+
+        ``progress(done, total)`` is called after every tile.
+        """
         if isinstance(image, torch.Tensor):
-            return self.upscale_tensor(image)
-        out = self.upscale_tensor(image_to_tensor(image))
+            return self.upscale_tensor(image, progress)
         if isinstance(image, Image.Image):
-            return Image.fromarray(tensor_to_array(out))
-        return tensor_to_array(out, np.uint16 if np.asarray(image).dtype == np.uint16 else np.uint8)
+            return Image.fromarray(self.upscale_array(np.asarray(image.convert("RGB")), progress))
+        return self.upscale_array(image, progress)
 
 
 DEFAULT_MODEL_ENV = "HAT_MODEL"

@@ -45,3 +45,9 @@ class OutputError(HatError):
     """An output that cannot be written (exists, permission, disk full)."""
 
     exit_code = EXIT_SOME_FAILED
+
+
+class DeviceOutOfMemory(HatError):
+    """Out of memory even for the smallest tile (the tile size is halved on every failure first)."""
+
+    exit_code = EXIT_SOME_FAILED

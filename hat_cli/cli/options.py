@@ -24,6 +24,13 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp32 on CP
 TileOpt = Annotated[
     str, typer.Option("--tile", help="Tile size in input pixels; 0 = whole image; auto = fit in memory.")
 ]
+TileOverlapOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--tile-overlap", min=0, help="Input pixels shared by neighbouring tiles (default: 2 windows, >= 32)."
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also report tiling, device and precision choices.")]
 RegistryOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option("--registry", help="Extra registry TOML adding/overriding presets; env HAT_REGISTRY."),

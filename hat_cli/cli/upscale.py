@@ -25,7 +25,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..api import open_upscaler
+from ..api import Upscaler, open_upscaler
 from ..batch import (
     DEFAULT_NAME,
     FileResult,
@@ -53,8 +53,11 @@ from .options import (
     RegistryOpt,
     ScaleOpt,
     TileOpt,
+    TileOverlapOpt,
+    VerboseOpt,
     WeightsOpt,
 )
+from .progress import TileProgress
 
 
 def parse_tile(value: str) -> int | str:
@@ -77,6 +80,7 @@ class Reporter:
         self.quiet = quiet
         self.progress = progress
         self.task = progress.add_task("upscaling", total=0) if progress else None
+        self.current: Path | None = None  # the file being upscaled (for --verbose lines)
         self.summary = Summary()
         self._lock = threading.Lock()
 
@@ -105,6 +109,7 @@ class Reporter:
             console.print(f"{result.input}: skipped ({result.error})", markup=False, soft_wrap=True)
 
     def starting(self, job: Job) -> None:
+        self.current = job.source
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, description=job.source.name)
 
@@ -208,13 +213,15 @@ def upscale(
     scale: ScaleOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    tile: TileOpt = "0",
+    tile: TileOpt = "auto",
+    tile_overlap: TileOverlapOpt = None,
     registry: RegistryOpt = None,
     conv_scale: ConvScaleOpt = None,
     img_range: ImgRangeOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     offline: OfflineOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Upscale images and folders: hat upscale photos/ -r -o big/ --scale 4.
 
@@ -270,10 +277,17 @@ def upscale(
             img_range=img_range,
             device=device,
             precision=precision,
-            tile=0 if tile_size == "auto" else tile_size,
+            tile=tile_size,
+            tile_overlap=tile_overlap,
             offline=offline,
             progress=download_progress(quiet or as_json),
         )
+        if isinstance(upscaler, Upscaler):  # not the bicubic baseline: tiles to report
+            upscaler.progress = TileProgress("tiles", bar=progress) if progress is not None else None
+            if verbose:
+                upscaler.on_stats = lambda stats: err_console.print(
+                    f"{reporter.current}: {stats.describe()}", highlight=False, soft_wrap=True
+                )
         plan.model = upscaler.name
         jobs, planned = plan_jobs(sources, upscaler.scale, plan)
         for result in planned:

@@ -1,0 +1,69 @@
+"""Tile progress for ``hat upscale`` (stderr; only for images with more than one tile)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from .console import err_console
+
+
+class TileProgress:
+    """A ``progress(done, total)`` callback for :class:`hat_cli.api.Upscaler` showing a tiles bar.
+
+    Nothing is shown until an image has more than one tile. With ``bar`` (a rich Progress already
+    on screen, such as a files bar) each image's tiles get a task there, removed when the image is
+    done; otherwise a transient bar of its own starts on first use. Safe to call from a worker
+    thread.
+    """
+
+    def __init__(self, label: str = "tiles", bar: Progress | None = None) -> None:
+        self.label = label
+        self._shared = bar is not None
+        self._bar = bar
+        self._task: TaskID | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 1:
+            return
+        with self._lock:
+            if self._bar is None:
+                self._bar = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=err_console,
+                    transient=True,
+                )
+                self._bar.start()
+            if self._task is None:
+                self._task = self._bar.add_task(self.label, total=total)
+            self._bar.update(self._task, completed=done, total=total)
+            if done >= total:  # the next image counts on a fresh task
+                self._bar.remove_task(self._task)
+                self._task = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None and not self._shared:
+                self._bar.stop()
+                self._bar = None
+            self._task = None
+
+
+@contextmanager
+def tile_progress(label: str, enabled: bool = True, bar: Progress | None = None) -> Iterator[TileProgress | None]:
+    """A :class:`TileProgress` closed on exit, or None when disabled (``--quiet``)."""
+    if not enabled:
+        yield None
+        return
+    callback = TileProgress(label, bar)
+    try:
+        yield callback
+    finally:
+        callback.close()
