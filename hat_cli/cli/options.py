@@ -30,6 +30,10 @@ TileOverlapOpt = Annotated[
         "--tile-overlap", min=0, help="Input pixels shared by neighbouring tiles (default: 2 windows, >= 32)."
     ),
 ]
+CompileOpt = Annotated[
+    bool,
+    typer.Option("--compile", help="torch.compile the network (one graph per tile shape; for GPUs, slow to start)."),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also report tiling, device and precision choices.")]
 RegistryOpt = Annotated[
     Optional[Path],  # noqa: UP045

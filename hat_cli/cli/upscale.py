@@ -42,6 +42,7 @@ from ..errors import ConfigError
 from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix
 from .console import console, download_progress, err_console
 from .options import (
+    CompileOpt,
     ConvScaleOpt,
     DeviceOpt,
     ImgRangeOpt,
@@ -215,6 +216,7 @@ def upscale(
     precision: PrecisionOpt = "auto",
     tile: TileOpt = "auto",
     tile_overlap: TileOverlapOpt = None,
+    compile_model: CompileOpt = False,
     registry: RegistryOpt = None,
     conv_scale: ConvScaleOpt = None,
     img_range: ImgRangeOpt = None,
@@ -279,6 +281,7 @@ def upscale(
             precision=precision,
             tile=tile_size,
             tile_overlap=tile_overlap,
+            compile=compile_model,
             offline=offline,
             progress=download_progress(quiet or as_json),
         )
