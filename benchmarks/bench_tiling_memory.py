@@ -66,27 +66,31 @@ def load(name: str, scale: int) -> tuple[torch.nn.Module, str]:
     return Upscaler.from_preset(name, scale=scale, device="cpu").model, name
 
 
-def _calibration_shapes() -> list[tuple[str, HATConfig]]:
+def _calibration_shapes() -> list[tuple[str, HATConfig, bool]]:
+    """(label, config, fused attention) of the networks measured by ``--calibrate``."""
+
     def config(dim: int, heads: int, window: int, scale: int) -> HATConfig:
         return HATConfig(
             upscale=scale, embed_dim=dim, depths=(2,), num_heads=(heads,), window_size=window, squeeze_factor=8
         )
 
     return [
-        ("C24 h2 ws8 x4", config(24, 2, 8, 4)),
-        ("C24 h2 ws8 x2", config(24, 2, 8, 2)),
-        ("C48 h6 ws16 x4", config(48, 6, 16, 4)),
-        ("C96 h2 ws16 x4", config(96, 2, 16, 4)),
-        ("C96 h6 ws16 x4", config(96, 6, 16, 4)),
-        ("C96 h6 ws8 x4", config(96, 6, 8, 4)),
-        ("C96 h6 ws8 x2", config(96, 6, 8, 2)),
+        ("C24 h2 ws8 x4", config(24, 2, 8, 4), True),
+        ("C24 h2 ws8 x2", config(24, 2, 8, 2), True),
+        ("C48 h6 ws16 x4", config(48, 6, 16, 4), True),
+        ("C96 h2 ws16 x4", config(96, 2, 16, 4), True),
+        ("C96 h6 ws16 x4", config(96, 6, 16, 4), True),
+        ("C96 h6 ws16 x4, plain attention", config(96, 6, 16, 4), False),
+        ("C96 h6 ws8 x4", config(96, 6, 8, 4), True),
+        ("C96 h6 ws8 x2", config(96, 6, 8, 2), True),
     ]
 
 
 def probe(index: int, tile: int) -> None:
     """Print the peak RSS rise (bytes) of one forward; run in a fresh process, so that memory freed
     by earlier forwards (kept by malloc) cannot hide the rise."""
-    model = HAT(_calibration_shapes()[index][1]).eval()
+    _, config, fused = _calibration_shapes()[index]
+    model = HAT(config, fused_attention=fused).eval()
     with torch.inference_mode():
         model(torch.rand(1, 3, 32, 32))  # warm up kernels and caches
         x = torch.rand(1, 3, tile, tile)
@@ -101,8 +105,8 @@ def calibrate(threads: int) -> None:
     """Measured peak RSS rise of one forward vs the memory model (float32 values per input pixel)."""
     print("| network | tile | measured values/px | model values/px (no slack) |")
     print("|---|---:|---:|---:|")
-    for index, (label, config) in enumerate(_calibration_shapes()):
-        predicted = bytes_per_input_pixel(HAT(config)) / 4 / ALLOCATOR_SLACK
+    for index, (label, config, fused) in enumerate(_calibration_shapes()):
+        predicted = bytes_per_input_pixel(HAT(config, fused_attention=fused)) / 4 / ALLOCATOR_SLACK
         for tile in (96, 160):
             command = [sys.executable, __file__, "--probe", str(index), str(tile), "--threads", str(threads)]
             rise = int(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])

@@ -280,14 +280,15 @@ def padded_reader(read: Reader, height: int, width: int, window: int) -> Reader:
 
 # Peak working memory of one HAT forward, in float32 values per input pixel, measured as the rise
 # of peak RSS over 96 and 160 px tiles on CPU (benchmarks/bench_tiling_memory.py --calibrate):
-# - body: ~16 values per channel (residual stream, LayerNorm, CAB, qkv and its window copies,
-#   MLP), plus the attention scores, which CPU SDPA with an additive mask materialises: per head
-#   ws^2 (window attention) + ows^2 (OCAB), about 1.7 copies;
-# - reconstruction: the last pixel-shuffle stage holds ~2.8 * num_feat * scale^2 values;
-# body and reconstruction do not overlap in time, so the peak is their maximum.
-BODY_VALUES_PER_CHANNEL = 16.0
-SCORE_COPIES = 1.7
-UPSAMPLER_COPIES = 2.8
+# - body: ~20 values per channel (residual stream, LayerNorm, CAB, qkv and its window copies, MLP);
+# - reconstruction: the pixel-shuffle head, ~2.2 * num_feat * scale^2 values;
+# the two add up (memory freed by the body stays in the process for the head's larger blocks).
+# Fused attention (SDPA's flash kernel on CPU, efficient kernels on CUDA) keeps no score matrices;
+# the plain path (``fused_attention=False``) materialises per head ws^2 (window attention) +
+# ows^2 (OCAB) scores per pixel, about one copy.
+BODY_VALUES_PER_CHANNEL = 20.0
+UPSAMPLER_COPIES = 2.2
+SCORE_COPIES = 1.0
 # Half-precision autocast keeps LayerNorm/softmax in fp32: about 3 bytes per value on average.
 BYTES_PER_VALUE = {torch.float32: 4.0, torch.bfloat16: 3.0, torch.float16: 3.0}
 # Used for models without a HAT config: a HAT-S-sized network at scale 4.
@@ -306,9 +307,18 @@ def bytes_per_input_pixel(model: TileModel, dtype: torch.dtype = torch.float32) 
     if config is None:
         return FALLBACK_BYTES_PER_PIXEL
     ws, ows = config.window_size, config.overlap_window_size
-    body = BODY_VALUES_PER_CHANNEL * config.embed_dim + SCORE_COPIES * max(config.num_heads) * (ws**2 + ows**2)
-    upsampler = UPSAMPLER_COPIES * config.num_feat * config.upscale**2
-    return BYTES_PER_VALUE.get(dtype, 4.0) * ALLOCATOR_SLACK * max(body, upsampler)
+    values = BODY_VALUES_PER_CHANNEL * config.embed_dim + UPSAMPLER_COPIES * config.num_feat * config.upscale**2
+    if not _fused_attention(model):
+        values += SCORE_COPIES * max(config.num_heads) * (ws**2 + ows**2)
+    return BYTES_PER_VALUE.get(dtype, 4.0) * ALLOCATOR_SLACK * values
+
+
+def _fused_attention(model: TileModel) -> bool:
+    """False when any attention module of the network (or of a wrapped one) runs the plain path."""
+    network = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
+    if not isinstance(network, torch.nn.Module):
+        return True
+    return all(getattr(module, "fused", True) for module in network.modules())
 
 
 def available_ram() -> int:

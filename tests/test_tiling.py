@@ -463,3 +463,12 @@ def test_available_ram_falls_back_without_proc(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr("builtins.open", no_proc)
     assert tiling.available_ram() > 0
+
+
+def test_plain_attention_costs_more_memory_than_fused() -> None:
+    from hat_cli.tiling import bytes_per_input_pixel
+
+    fused = tiny_hat()
+    plain = tiny_hat()
+    plain.set_fused_attention(False)
+    assert bytes_per_input_pixel(plain) > bytes_per_input_pixel(fused)
