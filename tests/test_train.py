@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +17,13 @@ from hat_cli.checkpoint import load_model, read_checkpoint
 from hat_cli.cli import app
 from hat_cli.errors import CheckpointError, ConfigError
 from hat_cli.metrics import mod_crop, psnr
-from hat_cli.model import HATConfig
 from hat_cli.registry import load_registry
 from hat_cli.train import TrainOptions, TrainProgress, parse_arch, state_path_for, train, upscale_uint8
+from tests.conftest import TINY_CONFIG
 
 SET5 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "Set5" / "HR"
 
-TINY = HATConfig(
-    upscale=2,
-    embed_dim=12,
-    depths=(1,),
-    num_heads=(2,),
-    window_size=4,
-    compress_ratio=3,
-    squeeze_factor=4,
-    mlp_ratio=1.0,
-    num_feat=8,
-)
+TINY = replace(TINY_CONFIG, num_feat=8)
 
 
 def _images(folder: Path, count: int = 4, size: int = 40) -> Path:
