@@ -371,7 +371,13 @@ def upscale_picture(upscaler: SupportsUpscale, picture: Picture, alpha: AlphaMod
     peak = 65535.0 if picture.bits == 16 else 255.0
     dtype = np.uint16 if picture.bits == 16 else np.uint8
     frames = []
+    upscale_array = getattr(upscaler, "upscale_array", None)
     for frame in picture.frames:
+        if upscale_array is not None and not picture.has_alpha and not picture.is_grey:
+            # Plain RGB: the tiled engine quantises rows into the 8/16-bit output as they finish,
+            # so peak memory stays the output plus one band of tiles (no full-size float buffers).
+            frames.append(upscale_array(frame))
+            continue
         values = frame.astype(np.float32) / peak
         colour = values[..., :-1] if picture.has_alpha else values
         if picture.has_alpha:

@@ -273,11 +273,14 @@ import hat_cli.api as api
 from hat_cli import imageio
 from hat_cli.cli import main
 
-real_upscale = api.Upscaler.upscale_tensor
-def slow_upscale(self, x):
-    time.sleep(float(os.environ["SLOW_MODEL"]))
-    return real_upscale(self, x)
-api.Upscaler.upscale_tensor = slow_upscale
+def slowed(method):
+    def slow(self, *args, **kwargs):
+        time.sleep(float(os.environ["SLOW_MODEL"]))
+        return method(self, *args, **kwargs)
+    return slow
+# RGB frames go through upscale_array, grey/alpha through upscale_tensor: slow both.
+api.Upscaler.upscale_tensor = slowed(api.Upscaler.upscale_tensor)
+api.Upscaler.upscale_array = slowed(api.Upscaler.upscale_array)
 
 if os.environ.get("STALL_WRITE"):
     def stalled_encode(picture, handle, fmt, quality):
