@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from hat_cli.cli import app
 from hat_cli.model import HATConfig
 
 from .conftest import REFERENCE, reference_cases
+from .test_speed_paths import CONFIG as SPEED_CONFIG
 
 CASES = reference_cases()
 IDS = [case["input"] for _, _, case in CASES]
@@ -61,16 +64,7 @@ def test_fused_and_plain_attention_agree_on_random_weights() -> None:
     torch.manual_seed(1)
     from hat_cli.model import HAT
 
-    config = HATConfig(
-        upscale=3,
-        embed_dim=24,
-        depths=(2, 2),
-        num_heads=(3, 2),
-        window_size=4,
-        compress_ratio=2,
-        squeeze_factor=6,
-        mlp_ratio=2.0,
-    )
+    config = replace(SPEED_CONFIG, upscale=3)  # scale 3 on top of the speed tests' x2 config
     model = HAT(config).eval()
     # Non-trivial bias tables so masks and biases matter.
     for name, param in model.named_parameters():

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperCommand
 
@@ -17,6 +16,7 @@ from ..bench import BenchResult, ImagePair, ImageScore, Model, check_pairs, pair
 from ..errors import EXIT_SOME_FAILED, ConfigError
 from .console import console, err_console
 from .options import DeviceOpt, JsonOpt, PrecisionOpt, RegistryOpt, TileOpt
+from .progress import counter_bar
 from .upscale import parse_tile
 
 _ORDER_KEY = "hat.bench.model_order"
@@ -170,15 +170,7 @@ def _run(
     save_sr: Path | None,
 ) -> BenchResult:
     """:func:`run_bench` with a progress bar on stderr (only on a terminal)."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    ) as bar:
+    with counter_bar(disable=not err_console.is_terminal) as bar:
         task = bar.add_task("scoring", total=len(pairs) * len(models))
 
         def progress(model: str, score: ImageScore) -> None:

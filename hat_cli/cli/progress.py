@@ -6,9 +6,26 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .console import err_console
+
+
+def counter_bar(eta: bool = False, disable: bool = False, console: Console = err_console) -> Progress:
+    """The transient ``description [bar] done/total elapsed [eta]`` bar every command uses (stderr)."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if eta:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=True, disable=disable)
 
 
 class TileProgress:
@@ -32,14 +49,7 @@ class TileProgress:
             return
         with self._lock:
             if self._bar is None:
-                self._bar = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    console=err_console,
-                    transient=True,
-                )
+                self._bar = counter_bar()
                 self._bar.start()
             if self._task is None:
                 self._task = self._bar.add_task(self.label, total=total)

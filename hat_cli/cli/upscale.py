@@ -23,7 +23,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from ..api import Upscaler, open_upscaler
 from ..batch import (
@@ -58,7 +58,7 @@ from .options import (
     VerboseOpt,
     WeightsOpt,
 )
-from .progress import TileProgress
+from .progress import TileProgress, counter_bar
 
 
 def parse_tile(value: str) -> int | str:
@@ -157,15 +157,7 @@ def graceful_interrupt(stop: threading.Event) -> Iterator[None]:
 def _progress(enabled: bool) -> Progress | None:
     if not enabled:
         return None
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
+    return counter_bar(eta=True, console=err_console)
 
 
 def upscale(
