@@ -5,6 +5,7 @@ Inputs are made with independent writers (Pillow, pypng, tifffile), never with t
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from pathlib import Path
@@ -42,7 +43,10 @@ def save_tiny_weights(path: Path) -> Path:
     return save_checkpoint(path, HAT(TINY).state_dict(), TINY)
 
 
+@functools.cache
 def srgb_icc() -> bytes:
+    """One sRGB profile per run: lcms stamps the creation time into the header, so two calls
+    a second apart would differ and make byte comparisons flaky."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
