@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError, HatError
 from .imageio import (
@@ -350,6 +352,8 @@ def _pool2(array: np.ndarray) -> np.ndarray:
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
     """HxWxC float32 -> (1, C, H, W)."""
+    import torch  # loaded by the model already; not at import time, to keep the CLI start fast
+
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0)
 
 

@@ -55,11 +55,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, overload
+from typing import TYPE_CHECKING, Any, TextIO, overload
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 from hat_cli.errors import ConfigError, InputImageError, OutputError
 from hat_cli.imresize import imresize, to_uint8
@@ -313,6 +315,8 @@ class BicubicUpscaler:
 
         The batch pipeline feeds every mode (16-bit, grey, alpha planes) through this method.
         """
+        import torch  # the caller holds a tensor, so torch is loaded; not at import time (CLI start)
+
         images = x.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy() * 255.0
         levels = np.round(images)
         if np.abs(images - levels).max(initial=0.0) < 1e-4:

@@ -54,6 +54,7 @@ def test_detect_config_round_trips_many_random_configs() -> None:
         with torch.device("meta"):
             rebuilt = HAT(detected).state_dict()
         assert {k: v.shape for k, v in rebuilt.items()} == {k: v.shape for k, v in state.items()}
+        assert config.num_params == sum(v.numel() for v in state.values())  # the torch-free count
         assert detected.mlp_hidden == config.mlp_hidden
         assert detected.overlap_window_size == config.overlap_window_size
         same_widths = {
@@ -76,6 +77,7 @@ def test_official_shapes_load_strictly(preset) -> None:
     with torch.device("meta"):
         model = HAT(unwrapped_config)
     model.load_state_dict(state, strict=True, assign=True)
+    assert preset.config.num_params == sum(p.numel() for p in model.parameters())
 
 
 def test_wrappers_prefixes_and_buffers_are_handled(tmp_path: Path) -> None:

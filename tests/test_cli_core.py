@@ -103,3 +103,18 @@ def test_python_dash_m_and_debug_traceback(tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no.pth" in missing.stderr
+
+
+def test_commands_without_a_model_do_not_import_torch() -> None:
+    # `hat models list/path` and `--help` should answer at once, not after torch's multi-second import.
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from hat_cli.cli import app\n"
+        "for args in (['--help'], ['models', 'list', '--json'], ['models', 'path', 'hat-tiny'], ['upscale', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "print('torch' in sys.modules, 'hat_cli.model.arch' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "False"]

@@ -11,7 +11,6 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
-from ..api import open_upscaler
 from ..bench import BenchResult, ImagePair, ImageScore, Model, check_pairs, pair_images, run_bench, write_csv
 from ..errors import EXIT_SOME_FAILED, ConfigError
 from .console import console, err_console
@@ -118,6 +117,8 @@ def bench(
     pairs, failures = check_pairs(pairing, scale)
     for failure in failures:
         err_console.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
+
+    from ..api import open_upscaler  # torch: only once there is something to score
 
     models: dict[str, Model] = {}
     for kind, value in specs:

@@ -40,15 +40,6 @@ ScaleOpt = Annotated[
 app = typer.Typer(help="List and manage model checkpoints.", no_args_is_help=True)
 
 
-def _params(config) -> int:
-    import torch
-
-    from ..model import HAT
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in HAT(config).parameters())
-
-
 @app.command("list")
 def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     """Show every preset: name, aliases, scale, parameters, size and whether it is available locally."""
@@ -63,7 +54,7 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
                 "family": preset.family,
                 "scale": preset.scale,
                 "pretrain": preset.pretrain,
-                "params": _params(preset.config),
+                "params": preset.config.num_params,
                 "size": preset.size,
                 "bundled": preset.bundled,
                 "cached": path is not None,

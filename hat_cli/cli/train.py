@@ -9,10 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..api import resolve_device
 from ..errors import ConfigError
-from ..train import TrainOptions, TrainProgress, parse_arch, state_path_for
-from ..train import train as run_training
 from .console import console, err_console
 from .options import DeviceOpt, QuietOpt
 
@@ -91,6 +88,10 @@ def train(
 
     Writes --out (official params_ema/params layout, loadable by every hat command) and, next to it, <stem>.state.pth to resume. Ctrl-C saves both before exiting.
     """
+    from ..api import resolve_device  # torch and the trainer load only when the command runs
+    from ..train import TrainOptions, TrainProgress, parse_arch, state_path_for
+    from ..train import train as run_training
+
     if schedule not in ("cosine", "step"):
         raise ConfigError(f"--schedule must be cosine or step, not {schedule!r}")
     if init is not None and arch is not None:

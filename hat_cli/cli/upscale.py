@@ -25,7 +25,6 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress
 
-from ..api import Upscaler, open_upscaler
 from ..batch import (
     DEFAULT_NAME,
     FileResult,
@@ -262,6 +261,8 @@ def upscale(
 
     not_started = 0
     if sources:  # the model loads once, and only when there is something to upscale
+        from ..api import Upscaler, open_upscaler  # torch: only when a model runs (fast --help/--dry-run)
+
         upscaler = open_upscaler(
             model=model,
             weights=weights,

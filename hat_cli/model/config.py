@@ -6,9 +6,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # The official architecture hard-codes these; they are written here once.
 OFFICIAL_CONV_SCALE = 0.01
@@ -58,6 +59,32 @@ class HATConfig:
     @property
     def mlp_hidden(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count of the network this config builds, without building it (no torch)."""
+        dim, ws, ows, hidden = self.embed_dim, self.window_size, self.overlap_window_size, self.mlp_hidden
+
+        def conv(cin: int, cout: int, k: int = 3) -> int:
+            return cin * cout * k * k + cout
+
+        def linear(cin: int, cout: int, bias: bool = True) -> int:
+            return cin * cout + (cout if bias else 0)
+
+        norm = 2 * dim
+        mlp = linear(dim, hidden) + linear(hidden, dim)
+        qkv_proj = linear(dim, 3 * dim, self.qkv_bias) + linear(dim, dim)
+        squeezed, compressed = dim // self.squeeze_factor, dim // self.compress_ratio
+        cab = conv(dim, compressed) + conv(compressed, dim) + conv(dim, squeezed, 1) + conv(squeezed, dim, 1)
+        one_conv = conv(dim, dim) if self.resi_connection == "1conv" else 0
+        total = conv(self.in_chans, dim) + (norm if self.patch_norm else 0) + norm + one_conv
+        for depth, heads in zip(self.depths, self.num_heads, strict=True):
+            hab = 2 * norm + (2 * ws - 1) ** 2 * heads + qkv_proj + cab + mlp
+            ocab = 2 * norm + (ws + ows - 1) ** 2 * heads + qkv_proj + mlp
+            total += depth * hab + ocab + one_conv
+        stages = [4] * int(math.log2(self.upscale)) if self.upscale & (self.upscale - 1) == 0 else [9]
+        total += conv(dim, self.num_feat) + sum(conv(self.num_feat, n * self.num_feat) for n in stages)
+        return total + conv(self.num_feat, self.in_chans)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
