@@ -156,6 +156,7 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--device", "cpu", "--threads", "1", "--val-hr", str(data)])
     assert result.exit_code == 0, result.output
     assert "3 iterations" in result.output and "validation PSNR" in result.output
+    assert "iteration 3/3: loss" in result.output  # not a terminal: a status line per checkpoint
     assert load_model(out).config.embed_dim == 12
     both = CliRunner().invoke(app, [*args, "--init", str(out)])
     assert both.exit_code == 2 and "not both" in both.output

@@ -140,8 +140,17 @@ def train(
             loss=f"{p.loss:.4f}",
             val="-" if p.val_psnr is None else f"{p.val_psnr:.2f} dB",
         )
-        if p.event == "val" and not quiet:
+        if quiet:
+            return
+        if p.event == "val":
             progress.console.print(f"iteration {p.iteration}: validation PSNR {p.val_psnr:.3f} dB", highlight=False)
+        elif p.event == "save" and not err_console.is_terminal:
+            # No live bar in a log file (nohup, CI): one status line per checkpoint instead.
+            progress.console.print(
+                f"iteration {p.iteration}/{p.total}: loss {p.loss:.4f}, lr {p.lr:.2e}, "
+                f"{p.its_per_sec:.2f} it/s, ETA {_eta(p.eta_s)}, checkpoint saved",
+                highlight=False,
+            )
 
     try:
         with progress:
