@@ -590,6 +590,20 @@ def verify_checkpoint(preset: Preset) -> VerifyResult:
     return VerifyResult(preset.name, status, path, preset.sha256, actual)
 
 
+STALE_IMPORT_AGE_S = 3600.0
+
+
+def _sweep_stale_imports(folder: Path, max_age_s: float = STALE_IMPORT_AGE_S) -> None:
+    """Delete ``.import-*.tmp`` files left by imports that were killed (SIGKILL, power loss).
+
+    A live import writes its file continuously, so one untouched for an hour is an orphan."""
+    cutoff = time.time() - max_age_s
+    for leftover in folder.glob(".import-*.tmp"):
+        with suppress(OSError):  # raced with another sweeper, or not ours to delete: harmless
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+
+
 def _copy_hashing(source: Path, folder: Path) -> tuple[Path, str, int]:
     """Copy ``source`` to a temporary file in ``folder``, hashing the bytes as they are written
     (what is hashed is exactly what lands in the cache)."""
@@ -600,6 +614,7 @@ def _copy_hashing(source: Path, folder: Path) -> tuple[Path, str, int]:
     with src:
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            _sweep_stale_imports(folder)
             fd, name = tempfile.mkstemp(prefix=".import-", suffix=".tmp", dir=folder)
         except OSError as exc:
             raise _write_error(exc, folder) from exc

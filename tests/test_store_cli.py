@@ -190,3 +190,18 @@ def test_upscale_downloads_the_model_then_runs_offline(
     assert message.startswith("error: offline (HAT_OFFLINE=1 or --offline): model tiny-x2 is not cached")
     assert "file tiny_x2.pth" in message and "hat models import FILE --name tiny-x2" in message
     assert len(server.requests) == requests
+
+
+def test_import_sweeps_temporary_files_of_killed_imports(cache, registry, tmp_path):
+    checkpoints = cache / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    orphan, live = checkpoints / ".import-orphan.tmp", checkpoints / ".import-live.tmp"
+    orphan.write_bytes(b"killed mid-copy")
+    live.write_bytes(b"another import, still writing")
+    an_hour_ago = os.path.getmtime(live) - 3601
+    os.utime(orphan, (an_hour_ago, an_hour_ago))
+    fetched = tmp_path / "from_drive.pth"
+    fetched.write_bytes(DATA2)
+    result = hat("models", "import", fetched, "--registry", registry)
+    assert result.exit_code == 0, result.output
+    assert not orphan.exists() and live.exists()
