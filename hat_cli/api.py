@@ -19,6 +19,7 @@ from .checkpoint import load_model
 from .errors import ConfigError
 from .model import HAT
 from .model.compiled import CompiledHAT
+from .model.ensemble import SelfEnsemble
 from .registry import Preset, Registry, load_registry
 from .store import ProgressCallback, ensure_checkpoint
 from .tiling import (
@@ -119,6 +120,10 @@ class Upscaler:
 
     ``compile=True`` runs the network through ``torch.compile`` (first call per input-size bucket
     compiles; outputs are unchanged, see :class:`hat_cli.model.compiled.CompiledHAT`).
+
+    ``self_ensemble=True`` averages the network over the 8 flips/rotations of each tile (8x the
+    compute, a little sharper and more accurate; :class:`hat_cli.model.ensemble.SelfEnsemble`);
+    ``name`` then gets a ``+`` as in the papers (EDSR+, RCAN+).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class Upscaler:
         tile_batch: int | None = None,
         memory_budget: int | None = None,
         compile: bool = False,
+        self_ensemble: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
@@ -139,7 +145,10 @@ class Upscaler:
         self.model.requires_grad_(False)
         # What inference calls: the model, or with ``compile`` a torch.compile'd forward with one
         # graph per window-multiple input shape (see hat_cli.model.compiled). Same outputs.
-        self.runner: HAT | CompiledHAT = CompiledHAT(self.model) if compile else self.model
+        self.runner: HAT | CompiledHAT | SelfEnsemble = CompiledHAT(self.model) if compile else self.model
+        if self_ensemble:
+            self.runner = SelfEnsemble(self.runner)
+        self.self_ensemble = self_ensemble
         self.tile = check_tile(tile)
         if tile_overlap is not None and tile_overlap < 0:
             raise ConfigError(f"tile overlap {tile_overlap}: must be >= 0")
@@ -148,7 +157,7 @@ class Upscaler:
         self.tile_overlap = tile_overlap
         self.tile_batch = tile_batch
         self.memory_budget = memory_budget
-        self.name = name or "custom"
+        self.name = (name or "custom") + ("+" if self_ensemble else "")
         self.last_stats: TileStats | None = None
         # Hooks for callers that do not call upscale* themselves (the CLI's batch pipeline):
         # ``progress`` is used when a call passes none; ``on_stats`` hears about every image.

@@ -87,6 +87,8 @@ class Summary:
     planned: int = 0
     not_started: int = 0
     seconds: float = 0.0
+    model: str | None = None  # the upscaler's name (None when nothing was loaded)
+    scale: int | None = None
 
     def add(self, result: FileResult) -> None:
         setattr(self, result.status, getattr(self, result.status) + 1)
@@ -112,6 +114,8 @@ class Summary:
             "not_started": self.not_started,
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 3),
+            "model": self.model,
+            "scale": self.scale,
             "exit_code": self.exit_code,
         }
 

@@ -80,6 +80,8 @@ def test_folder_tree_with_every_mode_and_bad_files(tmp_path: Path, weights: Path
         "not_started": 0,
         "interrupted": False,
         "seconds": 0,
+        "model": "tiny.safetensors",
+        "scale": 2,
         "exit_code": 1,
     }
     # stderr: one line per failure naming the file, then the summary line.

@@ -14,7 +14,7 @@ from typer.core import TyperCommand
 from ..bench import BenchResult, ImagePair, ImageScore, Model, check_pairs, pair_images, run_bench, write_csv
 from ..errors import EXIT_SOME_FAILED, ConfigError
 from .console import console, err_console
-from .options import DeviceOpt, JsonOpt, PrecisionOpt, RegistryOpt, TileOpt
+from .options import DeviceOpt, JsonOpt, PrecisionOpt, RegistryOpt, SelfEnsembleOpt, TileOpt
 from .progress import counter_bar
 from .upscale import parse_tile
 
@@ -97,6 +97,7 @@ def bench(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     tile: TileOpt = "0",
+    self_ensemble: SelfEnsembleOpt = False,
     registry: RegistryOpt = None,
 ) -> None:
     """Score models against ground truth: hat bench --hr Set5/HR --scale 4 --model bicubic --model hat."""
@@ -129,6 +130,7 @@ def bench(
             tile=0 if tile_size == "auto" else tile_size,
             scale=scale,
             **{kind: value},
+            self_ensemble=self_ensemble,  # the bicubic baseline ignores it
         )
         name = upscaler.name
         if name in models and kind == "weights":

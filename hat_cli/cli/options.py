@@ -34,6 +34,12 @@ CompileOpt = Annotated[
     bool,
     typer.Option("--compile", help="torch.compile the network (one graph per tile shape; for GPUs, slow to start)."),
 ]
+SelfEnsembleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--self-ensemble", help="Average over the 8 flips/rotations (x8 compute; +0.05-0.2 dB, as EDSR+/RCAN+)."
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also report tiling, device and precision choices.")]
 RegistryOpt = Annotated[
     Optional[Path],  # noqa: UP045

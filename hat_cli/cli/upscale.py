@@ -52,6 +52,7 @@ from .options import (
     QuietOpt,
     RegistryOpt,
     ScaleOpt,
+    SelfEnsembleOpt,
     TileOpt,
     TileOverlapOpt,
     VerboseOpt,
@@ -208,6 +209,7 @@ def upscale(
     tile: TileOpt = "auto",
     tile_overlap: TileOverlapOpt = None,
     compile_model: CompileOpt = False,
+    self_ensemble: SelfEnsembleOpt = False,
     registry: RegistryOpt = None,
     conv_scale: ConvScaleOpt = None,
     img_range: ImgRangeOpt = None,
@@ -275,6 +277,7 @@ def upscale(
             tile=tile_size,
             tile_overlap=tile_overlap,
             compile=compile_model,
+            self_ensemble=self_ensemble,
             offline=offline,
             progress=download_progress(quiet or as_json),
         )
@@ -284,7 +287,8 @@ def upscale(
                 upscaler.on_stats = lambda stats: err_console.print(
                     f"{reporter.current}: {stats.describe()}", highlight=False, soft_wrap=True
                 )
-        plan.model = upscaler.name
+        plan.model = reporter.summary.model = upscaler.name
+        reporter.summary.scale = upscaler.scale
         jobs, planned = plan_jobs(sources, upscaler.scale, plan)
         for result in planned:
             reporter(result)
