@@ -42,6 +42,7 @@ from hat_cli.api import Upscaler
 from hat_cli.checkpoint import load_model, read_checkpoint, save_checkpoint
 from hat_cli.errors import HatError
 from hat_cli.model import HAT, HATConfig
+from hat_cli.model.wrapper import ModelWrapper
 from hat_cli.tiling import TileEngine, array_reader, make_plan, round_tile
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -49,24 +50,15 @@ FIXTURE = SHARED / "fixtures" / "hat-reference" / "tiny_x4.pth"
 PROXY = HATConfig(upscale=4, embed_dim=24, depths=(2,), num_heads=(2,), window_size=8, squeeze_factor=8)
 
 
-class CachedModel(torch.nn.Module):
+class CachedModel(ModelWrapper):
     """Memoises tile outputs by input bytes: both assembly methods reuse the same forwards."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = model
+        super().__init__(model)
         self.cache: dict[str, torch.Tensor] = {}
         self.calls = 0
 
-    @property
-    def scale(self) -> int:
-        return self.inner.scale
-
-    @property
-    def window_size(self) -> int:
-        return self.inner.window_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         key = hashlib.sha1(x.cpu().numpy().tobytes()).hexdigest() + str(tuple(x.shape))
         if key not in self.cache:
             self.calls += 1

@@ -17,29 +17,18 @@ import torch
 from torch import Tensor
 
 from .arch import HAT, reflect_pad_to_multiple
-from .config import HATConfig
+from .wrapper import ModelWrapper
 
 
-class CompiledHAT:
+class CompiledHAT(ModelWrapper):
     """Callable like ``HAT`` (same ``scale``, ``window_size``, ``config``), compiled per bucket."""
 
     def __init__(self, model: HAT, max_shapes: int = 8, mode: str | None = None) -> None:
+        super().__init__(model)
         self.model = model
         self.max_shapes = max_shapes
         self._compiled = torch.compile(model, dynamic=False, mode=mode)
         self._buckets: set[tuple[int, ...]] = set()
-
-    @property
-    def scale(self) -> int:
-        return self.model.scale
-
-    @property
-    def window_size(self) -> int:
-        return self.model.window_size
-
-    @property
-    def config(self) -> HATConfig:
-        return self.model.config
 
     @property
     def compiled_shapes(self) -> frozenset[tuple[int, ...]]:

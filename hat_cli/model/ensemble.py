@@ -7,42 +7,25 @@ benchmarks) at 8x the compute. Memory is one extra output-sized float32 accumula
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-from .config import HATConfig
+from .wrapper import ModelWrapper
 
 # (quarter turns, horizontal flip): the dihedral group of the square, identity first.
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((turns, flip) for flip in (False, True) for turns in range(4))
 
 
-class SelfEnsemble:
+class SelfEnsemble(ModelWrapper):
     """Callable like ``HAT`` (same ``scale``, ``window_size``, ``config``): the mean over the
-    eight transforms of ``inverse(runner(transform(x)))``."""
-
-    def __init__(self, runner: Callable[[Tensor], Tensor]) -> None:
-        self.runner = runner
-
-    @property
-    def scale(self) -> int:
-        return self.runner.scale
-
-    @property
-    def window_size(self) -> int:
-        return self.runner.window_size
-
-    @property
-    def config(self) -> HATConfig:
-        return self.runner.config
+    eight transforms of ``inverse(inner(transform(x)))``; ``inner`` is a HAT or a wrapper."""
 
     def __call__(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, sH, sW) float32. Turning a window-multiple input keeps it one."""
         total: Tensor | None = None
         for turns, flip in DIHEDRAL:
             view = torch.rot90(x.flip(-1) if flip else x, turns, dims=(-2, -1))
-            out = torch.rot90(self.runner(view), -turns, dims=(-2, -1))
+            out = torch.rot90(self.inner(view), -turns, dims=(-2, -1))
             out = out.flip(-1) if flip else out
             total = out.float() if total is None else total.add_(out)
         assert total is not None
