@@ -165,9 +165,16 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the bundled model
 
 
-def test_bundled_hat_tiny_matches_the_registry() -> None:
+BUNDLED = [preset for preset in load_registry() if preset.bundled]
+
+
+def test_hat_tiny_x4_is_bundled() -> None:
     preset = load_registry().resolve("hat-tiny", 4)
-    assert preset.name == "hat-tiny-x4" and preset.bundled
+    assert preset.name == "hat-tiny-x4" and preset in BUNDLED
+
+
+@pytest.mark.parametrize("preset", BUNDLED, ids=lambda p: p.name)
+def test_bundled_model_matches_the_registry(preset) -> None:
     data = preset.bundled_path.read_bytes()
     assert hashlib.sha256(data).hexdigest() == preset.sha256 and len(data) == preset.size < 5_000_000
     model = load_model(preset.bundled_path)
@@ -175,10 +182,11 @@ def test_bundled_hat_tiny_matches_the_registry() -> None:
 
 
 @pytest.mark.skipif(not SET5.is_dir(), reason="shared datasets not present")
-def test_bundled_hat_tiny_beats_bicubic_on_set5_bird() -> None:
-    model = load_model(load_registry().resolve("hat-tiny", 4).bundled_path)
-    hr = mod_crop(read_image(SET5 / "bird.png"), 4)
-    lr = make_lr(hr, 4)
-    ours = psnr(upscale_uint8(model, lr, torch.device("cpu")), hr, crop_border=4)
-    bicubic = psnr(bicubic_upscale(lr, 4), hr, crop_border=4)
+@pytest.mark.parametrize("preset", BUNDLED, ids=lambda p: p.name)
+def test_bundled_model_beats_bicubic_on_set5_bird(preset) -> None:
+    model = load_model(preset.bundled_path)
+    hr = mod_crop(read_image(SET5 / "bird.png"), preset.scale)
+    lr = make_lr(hr, preset.scale)
+    ours = psnr(upscale_uint8(model, lr, torch.device("cpu")), hr, crop_border=preset.scale)
+    bicubic = psnr(bicubic_upscale(lr, preset.scale), hr, crop_border=preset.scale)
     assert ours > bicubic + 1.0
