@@ -148,7 +148,6 @@ class Upscaler:
         self.runner: HAT | CompiledHAT | SelfEnsemble = CompiledHAT(self.model) if compile else self.model
         if self_ensemble:
             self.runner = SelfEnsemble(self.runner)
-        self.self_ensemble = self_ensemble
         self.tile = check_tile(tile)
         if tile_overlap is not None and tile_overlap < 0:
             raise ConfigError(f"tile overlap {tile_overlap}: must be >= 0")

@@ -25,7 +25,6 @@ class CompiledHAT(ModelWrapper):
 
     def __init__(self, model: HAT, max_shapes: int = 8, mode: str | None = None) -> None:
         super().__init__(model)
-        self.model = model
         self.max_shapes = max_shapes
         self._compiled = torch.compile(model, dynamic=False, mode=mode)
         self._buckets: set[tuple[int, ...]] = set()
@@ -38,12 +37,12 @@ class CompiledHAT(ModelWrapper):
     def __call__(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, sH, sW), exactly ``model(x)``."""
         height, width = x.shape[-2:]
-        x = reflect_pad_to_multiple(x, self.model.window_size)
+        x = reflect_pad_to_multiple(x, self.window_size)
         bucket = tuple(x.shape)
         if bucket not in self._buckets and len(self._buckets) >= self.max_shapes:
-            out = self.model(x)
+            out = self.inner(x)
         else:
             self._buckets.add(bucket)
             out = self._compiled(x)
-        scale = self.model.scale
+        scale = self.scale
         return out[..., : height * scale, : width * scale]
