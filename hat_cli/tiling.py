@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .errors import DeviceOutOfMemory
-from .model.arch import reflect_pad_to_multiple
+from .model.padding import reflect_pad_to_multiple
 
 Blend = Literal["feather", "crop"]
 Progress = Callable[[int, int], None]  # (tiles done, tiles total)
@@ -301,6 +301,8 @@ ALLOCATOR_SLACK = 1.25  # fragmentation and caching on top of the live working s
 def bytes_per_input_pixel(model: TileModel, dtype: torch.dtype = torch.float32) -> float:
     """Estimated peak working memory of ``model(x)`` per input pixel (see the constants above)."""
     explicit = getattr(model, "bytes_per_input_pixel", None)
+    if callable(explicit):
+        return float(explicit(dtype))
     if explicit is not None:
         return float(explicit)
     config = getattr(model, "config", None)

@@ -34,6 +34,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .config import HATConfig
+from .contract import values_to_bytes
+from .padding import reflect_pad_to_multiple
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the official models subtract
 SHIFT_MASK_VALUE = -100.0  # official value (not -inf): keeps softmax of fully masked rows finite
@@ -180,26 +182,6 @@ def window_order(
     inverse = torch.empty_like(index)
     inverse[index] = torch.arange(index.numel(), device=device)
     return index, inverse, tuple(groups)
-
-
-def reflect_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """(B, C, H, W) -> (B, C, H', W'): reflect-pad bottom/right up to a multiple (official recipe).
-
-    Reflection cannot add more than ``size - 1`` pixels at once, so tiny images are padded in
-    several rounds (and a 1-pixel side is replicated).
-    """
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    while pad_h or pad_w:
-        step_h = min(pad_h, x.shape[-2] - 1)
-        step_w = min(pad_w, x.shape[-1] - 1)
-        if (pad_h and step_h == 0) or (pad_w and step_w == 0):
-            x = F.pad(x, (0, pad_w if step_w == 0 else 0, 0, pad_h if step_h == 0 else 0), mode="replicate")
-            pad_h, pad_w = (0 if step_h == 0 else pad_h), (0 if step_w == 0 else pad_w)
-            continue
-        x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
-        pad_h, pad_w = pad_h - step_h, pad_w - step_w
-    return x
 
 
 # Devices whose fused attention kernels need a head dim that is a multiple of 8 (CUDA's
@@ -608,6 +590,25 @@ class HAT(nn.Module):
     @property
     def window_size(self) -> int:
         return self.config.window_size
+
+    # ----------------------------------------------------------------- the Network contract
+    @property
+    def size_multiple(self) -> int:
+        return self.config.window_size
+
+    input_range = 1.0  # 0..1 images; img_range is applied inside, as officially
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.in_chans
+
+    @property
+    def fused_attention(self) -> bool:
+        """False when any attention module runs the plain softmax path."""
+        return all(module.fused for module in self.modules() if isinstance(module, WindowAttention | OCAB))
+
+    def bytes_per_input_pixel(self, dtype: torch.dtype | None = None) -> float:
+        return values_to_bytes(self.config.working_values_per_pixel(self.fused_attention), dtype)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W) deep features; H and W are window multiples."""

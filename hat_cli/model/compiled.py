@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .arch import HAT, reflect_pad_to_multiple
+from .arch import HAT
+from .padding import reflect_pad_to_multiple
 from .wrapper import ModelWrapper
 
 

@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -14,11 +14,17 @@ if TYPE_CHECKING:
 # The official architecture hard-codes these; they are written here once.
 OFFICIAL_CONV_SCALE = 0.01
 OFFICIAL_IMG_RANGE = 1.0
+# The memory model's calibration (see HATConfig.working_values_per_pixel).
+BODY_VALUES_PER_CHANNEL = 20.0
+UPSAMPLER_COPIES = 2.2
+SCORE_COPIES = 1.0
 
 
 @dataclass(frozen=True)
 class HATConfig:
     """Everything needed to build a HAT; names follow the official ``HAT.__init__`` keywords."""
+
+    HIDDEN: ClassVar[tuple[str, ...]] = ("conv_scale", "img_range")
 
     upscale: int = 4
     in_chans: int = 3
@@ -85,6 +91,25 @@ class HATConfig:
         stages = [4] * int(math.log2(self.upscale)) if self.upscale & (self.upscale - 1) == 0 else [9]
         total += conv(dim, self.num_feat) + sum(conv(self.num_feat, n * self.num_feat) for n in stages)
         return total + conv(self.num_feat, self.in_chans)
+
+    def working_values_per_pixel(self, fused_attention: bool = True) -> float:
+        """Peak live float values of one forward per input pixel (the ``--tile auto`` memory model).
+
+        Measured as the rise of peak RSS over 96 and 160 px tiles on CPU
+        (``benchmarks/bench_tiling_memory.py --calibrate``): the body keeps ~20 values per channel
+        (residual stream, LayerNorm, CAB, qkv and its window copies, MLP); the pixel-shuffle head
+        ~2.2 * num_feat * scale^2; the two add up (memory freed by the body stays in the process
+        for the head's larger blocks). Fused attention keeps no score matrices; the plain path
+        materialises per head ws^2 (window attention) + ows^2 (OCAB) scores per pixel.
+        """
+        values = BODY_VALUES_PER_CHANNEL * self.embed_dim + UPSAMPLER_COPIES * self.num_feat * self.upscale**2
+        if not fused_attention:
+            values += SCORE_COPIES * max(self.num_heads) * (self.window_size**2 + self.overlap_window_size**2)
+        return values
+
+    @property
+    def scale(self) -> int:
+        return self.upscale
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
