@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO.parent / "shared" / "tools"))
 
 from hat_cli.model import HAT, HATConfig, arch  # noqa: E402
-from hat_cli.model.compiled import CompiledHAT  # noqa: E402
+from hat_cli.model.compiled import CompiledNetwork  # noqa: E402
 
 # Official x4 hyper-parameters (window 16, overlap 0.5, conv_scale 0.01, mlp 2, num_feat 64).
 MODELS: dict[str, dict] = {
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             ours, spandrel = (m.to(device, in_dtype) for m in build_pair(name))  # fresh fp32 weights per dtype
             context = precision_context(device, dtype, args.cast)
             runners: dict[str, nn.Module] = {"ours": ours, "spandrel": spandrel}
-            compiled = CompiledHAT(ours) if args.compile else None
+            compiled = CompiledNetwork(ours) if args.compile else None
             for size in args.sizes:
                 row = Row(name, size, dtype_name, gflop=2 * network_macs(ours.config, size, size) / 1e9)
                 torch.manual_seed(size)
@@ -365,7 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bf16/fp16 via autocast (as hat_cli.api does) or by casting weights and input",
     )
     parser.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 matmuls/convs (off: true fp32)")
-    parser.add_argument("--compile", action="store_true", help="also time ours through CompiledHAT (torch.compile)")
+    parser.add_argument("--compile", action="store_true", help="also time ours through CompiledNetwork (torch.compile)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--check-flops", action="store_true", help="verify the analytic FLOP count first")
     parser.add_argument("--json", type=Path, help="also write the raw rows here")

@@ -1,29 +1,32 @@
 """Python API: ``Upscaler.from_preset("hat-s", scale=4).upscale(image)``.
 
-The CLI is a thin layer over this module.
+:class:`Upscaler` runs any network family (:mod:`hat_cli.model`) through the tiling engine and
+implements the upscaler contract (:class:`hat_cli.upscaling.UpscalerBase`); :func:`open_upscaler`
+is the CLI's model choice (a preset, a file, or the bicubic baseline). The CLI is a thin layer over
+this module.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from .bench import BicubicUpscaler
+from .baseline import BicubicUpscaler
 from .checkpoint import load_model
 from .errors import ConfigError
-from .model import HAT
-from .model.compiled import CompiledHAT
+from .model.compiled import CompiledNetwork
+from .model.contract import Network
 from .model.ensemble import SelfEnsemble
+from .pixels import check_pixel_type, quantize, to_tensor
 from .registry import Preset, Registry, load_registry
 from .store import ProgressCallback, ensure_checkpoint
 from .tiling import (
-    Progress,
     Reader,
     TileEngine,
     TilePlan,
@@ -34,8 +37,8 @@ from .tiling import (
     choose_batch,
     choose_tile,
     make_plan,
-    quantize,
 )
+from .upscaling import Progress, UpscalerBase
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 TileSize = int | Literal["auto"]
@@ -82,17 +85,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 def image_to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
     """RGB PIL image or HxWxC uint8/uint16 array -> (1, C, H, W) float32 in [0, 1]."""
-    array = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    peak = 65535.0 if array.dtype == np.uint16 else 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1).float().div_(peak)
-    return tensor.unsqueeze(0)
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    return to_tensor(array).unsqueeze(0)
 
 
 def tensor_to_array(tensor: torch.Tensor, dtype: type[np.generic] = np.uint8) -> np.ndarray:
-    """(1, C, H, W) float -> HxWxC array, clamped and rounded like BasicSR's ``tensor2img``."""
-    return quantize(tensor[0].to("cpu"), dtype)
+    """(1, C, H, W) float -> HxWxC array: clamped and rounded by the pixel layer's rule."""
+    return quantize(tensor[0], dtype)
 
 
 def check_tile(tile: TileSize) -> TileSize:
@@ -104,13 +103,13 @@ def check_tile(tile: TileSize) -> TileSize:
     return tile
 
 
-class Upscaler:
-    """A loaded HAT on a device, ready to upscale images.
+class Upscaler(UpscalerBase):
+    """A loaded network (any family) on a device, ready to upscale images.
 
     Tiling (see :mod:`hat_cli.tiling`): ``tile="auto"`` picks the largest tile that fits in free
     memory (the whole image when it fits: then the result is exactly the untiled network's);
-    ``tile=N`` uses N-pixel input tiles (rounded down to a window multiple), ``tile=0`` never
-    tiles. ``tile_overlap`` (input pixels, default two windows and at least 32) is shared by
+    ``tile=N`` uses N-pixel input tiles (rounded down to the network's size multiple), ``tile=0``
+    never tiles. ``tile_overlap`` (input pixels, default two windows and at least 32) is shared by
     neighbouring tiles and blended. ``tile_batch`` tiles go through one forward (default: as many
     as fit on CUDA, 1 on CPU). ``memory_budget`` (bytes) replaces the free-memory probe of
     ``tile="auto"``. After each image, :attr:`last_stats` says what was run.
@@ -119,7 +118,7 @@ class Upscaler:
     :attr:`progress` attribute once; :attr:`on_stats` is called with each image's stats.
 
     ``compile=True`` runs the network through ``torch.compile`` (first call per input-size bucket
-    compiles; outputs are unchanged, see :class:`hat_cli.model.compiled.CompiledHAT`).
+    compiles; outputs are unchanged, see :class:`hat_cli.model.compiled.CompiledNetwork`).
 
     ``self_ensemble=True`` averages the network over the 8 flips/rotations of each tile (8x the
     compute, a little sharper and more accurate; :class:`hat_cli.model.ensemble.SelfEnsemble`);
@@ -128,7 +127,7 @@ class Upscaler:
 
     def __init__(
         self,
-        model: HAT,
+        model: nn.Module,
         device: str | torch.device = "auto",
         precision: Precision = "auto",
         tile: TileSize = "auto",
@@ -143,9 +142,8 @@ class Upscaler:
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)
         self.model.requires_grad_(False)
-        # What inference calls: the model, or with ``compile`` a torch.compile'd forward with one
-        # graph per window-multiple input shape (see hat_cli.model.compiled). Same outputs.
-        self.runner: HAT | CompiledHAT | SelfEnsemble = CompiledHAT(self.model) if compile else self.model
+        # What inference calls: the network, or wrappers of it (same contract, same outputs).
+        self.runner: Network = CompiledNetwork(self.model) if compile else self.model
         if self_ensemble:
             self.runner = SelfEnsemble(self.runner)
         self.tile = check_tile(tile)
@@ -158,10 +156,6 @@ class Upscaler:
         self.memory_budget = memory_budget
         self.name = (name or "custom") + ("+" if self_ensemble else "")
         self.last_stats: TileStats | None = None
-        # Hooks for callers that do not call upscale* themselves (the CLI's batch pipeline):
-        # ``progress`` is used when a call passes none; ``on_stats`` hears about every image.
-        self.progress: Progress | None = None
-        self.on_stats: Callable[[TileStats], None] | None = None
         self._engine = TileEngine(self.runner, self.device, self.dtype)
 
     # ------------------------------------------------------------------ constructors
@@ -185,8 +179,7 @@ class Upscaler:
         cls, preset: Preset, offline: bool = False, progress: ProgressCallback | None = None, **kwargs
     ) -> Upscaler:
         path = ensure_checkpoint(preset, offline=offline, progress=progress)
-        model = load_model(path, conv_scale=preset.config.conv_scale, img_range=preset.config.img_range)
-        return cls(model, name=preset.name, **kwargs)
+        return cls(load_model(path, **preset.hidden), name=preset.name, **kwargs)
 
     @classmethod
     def from_file(
@@ -196,7 +189,8 @@ class Upscaler:
         img_range: float | None = None,
         **kwargs,
     ) -> Upscaler:
-        """Load any HAT checkpoint (.pth/.pt/.safetensors); the architecture is read from shapes."""
+        """Load any supported checkpoint (.pth/.pt/.safetensors); the family and architecture are
+        read from the tensors. ``conv_scale``/``img_range`` (HAT only) override the file's values."""
         model = load_model(path, conv_scale=conv_scale, img_range=img_range)
         kwargs.setdefault("name", Path(path).name)
         return cls(model, **kwargs)
@@ -212,11 +206,12 @@ class Upscaler:
 
         ``output_bytes``: the caller's output buffer, counted against free memory by ``tile="auto"``.
         """
-        model = self.model
+        runner, multiple = self.runner, self.runner.size_multiple
         reason = ""
-        if self.tile == "auto":
+        tile, batch = self.tile, self.tile_batch
+        if tile == "auto":
             choice = choose_tile(
-                model,
+                runner,
                 height,
                 width,
                 self.device,
@@ -224,14 +219,13 @@ class Upscaler:
                 self.tile_overlap,
                 channels=channels,
                 output_bytes=output_bytes,
-                batch=self.tile_batch,
+                batch=batch,
                 budget=self.memory_budget,
             )
             tile, batch, reason = choice.tile, choice.batch, f"auto: {choice.reason}"
-            plan = make_plan(height, width, model.scale, model.window_size, tile, self.tile_overlap)
-        else:
-            plan = make_plan(height, width, model.scale, model.window_size, self.tile, self.tile_overlap)
-            batch = self.tile_batch or choose_batch(model, plan, self.device, self.dtype, self.memory_budget)
+        plan = make_plan(height, width, runner.scale, multiple, tile, self.tile_overlap)
+        if batch is None:
+            batch = choose_batch(runner, plan, self.device, self.dtype, self.memory_budget)
         stats = TileStats(
             height=height,
             width=width,
@@ -246,15 +240,9 @@ class Upscaler:
         return plan, stats
 
     def _run(self, plan: TilePlan, stats: TileStats, read: Reader, write: Writer, progress: Progress | None) -> None:
-        engine = self._engine
-        engine.batch = stats.batch
-        engine.oom_retries = engine.fp32_fallbacks = 0
-        try:
-            engine.run(plan, read, write, progress or self.progress)
-        finally:
-            stats.oom_retries, stats.fp32_fallbacks = engine.oom_retries, engine.fp32_fallbacks
-            stats.smallest_tile = engine.max_side or 0
-            self.last_stats = stats
+        self._engine.batch = stats.batch
+        self.last_stats = stats
+        stats.report = self._engine.run(plan, read, write, progress or self.progress)
         if self.on_stats is not None:
             self.on_stats(stats)
 
@@ -272,8 +260,7 @@ class Upscaler:
         out = torch.empty(count, channels, height * scale, width * scale)
         plan, stats = self.plan(height, width, channels, output_bytes=out.numel() * 4)
         source = x.float()
-        for index in range(count):
-            image, canvas = source[index], out[index]
+        for image, canvas in zip(source, out, strict=True):
 
             def read(y0: int, y1: int, x0: int, x1: int, image: torch.Tensor = image) -> torch.Tensor:
                 return image[:, y0:y1, x0:x1]
@@ -291,13 +278,11 @@ class Upscaler:
         output as soon as no later tile touches them.
         """
         array = np.asarray(array)
-        if array.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"expected a uint8 or uint16 array, got {array.dtype}")
+        check_pixel_type(array.dtype)
         squeeze = array.ndim == 2
         if squeeze:
             array = array[:, :, None]
-        config = getattr(self.model, "config", None)
-        channels = config.in_chans if config is not None else array.shape[-1]
+        channels = self.model.in_channels
         if array.ndim != 3 or array.shape[2] != channels:
             raise ValueError(f"expected an H x W x {channels} array for this model, got shape {array.shape}")
         height, width = array.shape[:2]
@@ -306,24 +291,6 @@ class Upscaler:
         plan, stats = self.plan(height, width, channels, output_bytes=out.nbytes)
         self._run(plan, stats, array_reader(array), array_writer(out), progress)
         return out[:, :, 0] if squeeze else out
-
-    @overload
-    def upscale(self, image: Image.Image, progress: Progress | None = None) -> Image.Image: ...
-    @overload
-    def upscale(self, image: np.ndarray, progress: Progress | None = None) -> np.ndarray: ...
-    @overload
-    def upscale(self, image: torch.Tensor, progress: Progress | None = None) -> torch.Tensor: ...
-
-    def upscale(self, image, progress=None):
-        """Upscale a PIL image (-> RGB PIL image), an HxWx3 uint8/uint16 array, or a (B,3,H,W) tensor.
-
-        ``progress(done, total)`` is called after every tile.
-        """
-        if isinstance(image, torch.Tensor):
-            return self.upscale_tensor(image, progress)
-        if isinstance(image, Image.Image):
-            return Image.fromarray(self.upscale_array(np.asarray(image.convert("RGB")), progress))
-        return self.upscale_array(image, progress)
 
 
 DEFAULT_MODEL_ENV = "HAT_MODEL"
@@ -340,7 +307,7 @@ def open_upscaler(
     offline: bool = False,
     progress: ProgressCallback | None = None,
     **kwargs,
-) -> Upscaler | BicubicUpscaler:
+) -> UpscalerBase:
     """The CLI's model choice: ``--weights FILE`` or ``--model NAME`` (default ``$HAT_MODEL`` or
     the ImageNet-pretrained ``hat`` family) at ``--scale``; ``bicubic`` is the MATLAB baseline."""
     if weights is not None:

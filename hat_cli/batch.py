@@ -15,27 +15,25 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    import torch
-
+from .atomic import TempFiles
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError, HatError
+from .imagefiles import resolved, scan_folder
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     Picture,
-    TempFiles,
     check_writable,
     format_for_suffix,
     read_picture,
-    readable_extensions,
     write_picture,
 )
+from .pixels import quantize_array, to_unit
+from .upscaling import UpscalerBase
 
 Status = Literal["done", "skipped", "failed", "ignored", "planned"]
 AlphaMode = Literal["bicubic", "model"]
@@ -43,15 +41,6 @@ OutputFormat = Literal["keep", "png", "jpg", "webp", "tiff"]
 DEFAULT_NAME = "{stem}_x{scale}.{ext}"
 NAME_FIELDS = ("stem", "ext", "scale", "model")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights Pillow uses for RGB -> L
-
-
-class SupportsUpscale(Protocol):
-    """What the batch needs from :class:`hat_cli.api.Upscaler`."""
-
-    @property
-    def scale(self) -> int: ...
-
-    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -142,80 +131,34 @@ def find_inputs(
 ) -> tuple[list[Source], list[FileResult]]:
     """Expand file and folder arguments into sources, plus results for what cannot be used.
 
-    Files named explicitly are always tried. In folders, hidden entries are passed over, files
-    without an image extension are ``ignored``, ``pattern`` (on the name or the path relative to
-    the folder) filters, and ``exclude`` (the output folder) is never descended into.
+    Files named explicitly are always tried. Folders are walked by
+    :func:`hat_cli.imagefiles.scan_folder` (hidden entries passed over, ``pattern`` on the name or
+    the relative path, the output folder ``exclude`` never entered); their non-image files are
+    ``ignored``.
     """
-    extensions = readable_extensions()
-    excluded = _resolved(exclude) if exclude is not None else None
     sources: list[Source] = []
     results: list[FileResult] = []
     seen: set[Path] = set()
+    visited: set[Path] = set()  # folders already walked: symlinks may loop back to a parent
 
     def add(source: Source) -> None:
-        key = _resolved(source.path)
+        key = resolved(source.path)
         if key not in seen:
             seen.add(key)
             sources.append(source)
 
-    visited: set[Path] = set()  # folders already walked: symlinks may loop back to a parent
     for path in paths:
         if path.is_dir():
-            _walk(path, path, recursive, pattern, extensions, excluded, visited, add, results)
+            scan = scan_folder(path, recursive, pattern, exclude, visited)
+            for image in scan.images:
+                add(Source(image, path))
+            results += [FileResult(p, None, "ignored", error="not an image file") for p in scan.not_images]
+            results += [FileResult(f, None, "failed", error=f"{f}: cannot read folder ({why})") for f, why in scan.unreadable]
         elif path.exists() or path.is_symlink():
             add(Source(path))
         else:
             results.append(FileResult(path, None, "failed", error=f"{path}: no such file or folder"))
     return sources, results
-
-
-def _walk(
-    root: Path,
-    folder: Path,
-    recursive: bool,
-    pattern: str | None,
-    extensions: set[str],
-    excluded: Path | None,
-    visited: set[Path],
-    add: Callable[[Source], None],
-    results: list[FileResult],
-) -> None:
-    real = _resolved(folder)
-    if real in visited:
-        return
-    visited.add(real)
-    try:
-        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-    except OSError as exc:
-        results.append(
-            FileResult(folder, None, "failed", error=f"{folder}: cannot read folder ({exc.strerror or exc})")
-        )
-        return
-    for entry in entries:
-        if entry.name.startswith("."):  # hidden files, our own temporary files, .git and the like
-            continue
-        path = Path(entry.path)
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir:
-            if recursive and (excluded is None or _resolved(path) != excluded):
-                _walk(root, path, recursive, pattern, extensions, excluded, visited, add, results)
-            continue
-        if pattern and not (fnmatch(entry.name, pattern) or fnmatch(path.relative_to(root).as_posix(), pattern)):
-            continue
-        if path.suffix.lower() not in extensions:
-            results.append(FileResult(path, None, "ignored", error="not an image file"))
-            continue
-        add(Source(path, root))
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()
 
 
 # ---------------------------------------------------------------------------------------- outputs
@@ -269,54 +212,58 @@ def _extension(source: Path, fmt: OutputFormat) -> str:
     return suffix[1:] if suffix and format_for_suffix(suffix) else "png"
 
 
+def _target(source: Source, scale: int, plan: OutputPlan) -> Path:
+    """Where one source's output goes: -o FILE, -o FOLDER (tree mirrored), or beside the input."""
+    if plan.output_is_file and plan.output is not None:
+        return plan.output
+    name = plan.name.format(
+        stem=source.path.stem, ext=_extension(source.path, plan.format), scale=scale, model=plan.model
+    )
+    if plan.output is None:
+        folder = source.path.parent
+    elif source.root is None:
+        folder = plan.output
+    else:
+        folder = plan.output / source.path.parent.relative_to(source.root)
+    return folder / name
+
+
+def _refusal(source: Source, target: Path, plan: OutputPlan, claimed: dict[Path, Path]) -> FileResult | None:
+    """Why ``target`` cannot be written for ``source`` (as a result), or None when it can."""
+    key = resolved(target)
+    if key == resolved(source.path):
+        return FileResult(source.path, target, "failed", error=f"{target}: output would replace the input")
+    if key in claimed:
+        error = f"{target}: same output as {claimed[key]} (use --name or --format to tell them apart)"
+        return FileResult(source.path, target, "failed", error=error)
+    claimed[key] = source.path
+    if target.exists() and not plan.overwrite:
+        if plan.skip_existing:
+            return FileResult(source.path, target, "skipped", error="output exists")
+        error = f"{target}: exists (pass --overwrite to replace it or --skip-existing to keep it)"
+        return FileResult(source.path, target, "failed", error=error)
+    return None
+
+
 def plan_jobs(sources: Sequence[Source], scale: int, plan: OutputPlan) -> tuple[list[Job], list[FileResult]]:
     """Output path for each source; results for the ones that are skipped or cannot be written."""
     if plan.output_is_file and len(sources) > 1:
         raise ConfigError(f"-o {plan.output}: with several inputs, -o must be a folder")
-    targets: list[tuple[Source, Path]] = []
-    for source in sources:
-        if plan.output_is_file and plan.output is not None:
-            targets.append((source, plan.output))
-            continue
-        name = plan.name.format(
-            stem=source.path.stem, ext=_extension(source.path, plan.format), scale=scale, model=plan.model
-        )
-        if plan.output is None:
-            folder = source.path.parent
-        elif source.root is None:
-            folder = plan.output
-        else:
-            folder = plan.output / source.path.parent.relative_to(source.root)
-        targets.append((source, folder / name))
-
+    targets = [(source, _target(source, scale, plan)) for source in sources]
     # Sources that are another source's output (a previous run wrote them beside their inputs)
     # are results, not new work: without this a rerun would upscale its own outputs.
-    outputs = {_resolved(target): source for source, target in targets}
+    outputs = {resolved(target): source for source, target in targets}
     jobs: list[Job] = []
     results: list[FileResult] = []
     claimed: dict[Path, Path] = {}
     for source, target in targets:
-        key = _resolved(target)
-        origin = outputs.get(_resolved(source.path))
+        origin = outputs.get(resolved(source.path))
         if origin is not None and origin is not source:
             results.append(FileResult(source.path, None, "skipped", error=f"is the output of {origin.path}"))
-            continue
-        if key == _resolved(source.path):
-            results.append(FileResult(source.path, target, "failed", error=f"{target}: output would replace the input"))
-            continue
-        if key in claimed:
-            error = f"{target}: same output as {claimed[key]} (use --name or --format to tell them apart)"
-            results.append(FileResult(source.path, target, "failed", error=error))
-            continue
-        claimed[key] = source.path
-        if target.exists() and not plan.overwrite:
-            if plan.skip_existing:
-                results.append(FileResult(source.path, target, "skipped", error="output exists"))
-            else:
-                error = f"{target}: exists (pass --overwrite to replace it or --skip-existing to keep it)"
-                results.append(FileResult(source.path, target, "failed", error=error))
-            continue
-        jobs.append(Job(source.path, target))
+        elif (refused := _refusal(source, target, plan, claimed)) is not None:
+            results.append(refused)
+        else:
+            jobs.append(Job(source.path, target))
     return jobs, results
 
 
@@ -354,15 +301,12 @@ def _pool2(array: np.ndarray) -> np.ndarray:
     return array[0::2, 0::2] + array[1::2, 0::2] + array[0::2, 1::2] + array[1::2, 1::2]
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    """HxWxC float32 -> (1, C, H, W)."""
+def _upscale_floats(upscaler: UpscalerBase, values: np.ndarray) -> np.ndarray:
+    """H x W x C float32 in 0..1 -> (sH) x (sW) x C float32 through the upscaler's tensor path."""
     import torch  # loaded by the model already; not at import time, to keep the CLI start fast
 
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0)
-
-
-def _from_tensor(tensor: torch.Tensor) -> np.ndarray:
-    return tensor[0].float().permute(1, 2, 0).cpu().numpy()
+    tensor = torch.from_numpy(np.ascontiguousarray(values)).permute(2, 0, 1)[None]
+    return upscaler.upscale_tensor(tensor)[0].float().permute(1, 2, 0).cpu().numpy()
 
 
 def _resize_bicubic(plane: np.ndarray, scale: int) -> np.ndarray:
@@ -370,40 +314,35 @@ def _resize_bicubic(plane: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(image.resize((image.width * scale, image.height * scale), Image.Resampling.BICUBIC))
 
 
-def upscale_picture(upscaler: SupportsUpscale, picture: Picture, alpha: AlphaMode = "bicubic") -> Picture:
-    """Upscale every frame, keeping the picture's layout (grey stays grey, alpha stays) and bit depth.
+def _upscale_frame(upscaler: UpscalerBase, frame: np.ndarray, picture: Picture, alpha: AlphaMode) -> np.ndarray:
+    """One frame in the picture's layout. Plain RGB takes :meth:`UpscalerBase.upscale_array` (a
+    network's tiled path quantises rows into the 8/16-bit output as they finish: bounded memory);
+    grey runs as equal R, G, B and returns as luminance; alpha is upscaled apart, after the colour
+    under transparent pixels is filled in."""
+    if not picture.has_alpha and not picture.is_grey:
+        return upscaler.upscale_array(frame)
+    values = to_unit(frame)
+    colour = values[..., :-1] if picture.has_alpha else values
+    if picture.has_alpha:
+        colour = fill_transparent(colour, values[..., -1])
+    if picture.is_grey:
+        colour = np.repeat(colour, 3, axis=2)
+    out = _upscale_floats(upscaler, colour)
+    if picture.is_grey:
+        out = (out * np.asarray(_LUMA, np.float32)).sum(axis=2, keepdims=True)
+    if picture.has_alpha:
+        plane = values[..., -1]
+        if alpha == "model":
+            upscaled_alpha = _upscale_floats(upscaler, np.repeat(plane[..., None], 3, axis=2)).mean(axis=2)
+        else:
+            upscaled_alpha = _resize_bicubic(plane, upscaler.scale)
+        out = np.concatenate([out, upscaled_alpha[..., None]], axis=2)
+    return quantize_array(out, frame.dtype)
 
-    Grey runs through the model as equal R, G, B and comes back as luminance; alpha is upscaled
-    apart from the colour (bicubic or by the model), after transparent colour is filled in.
-    """
-    peak = 65535.0 if picture.bits == 16 else 255.0
-    dtype = np.uint16 if picture.bits == 16 else np.uint8
-    frames = []
-    upscale_array = getattr(upscaler, "upscale_array", None)
-    for frame in picture.frames:
-        if upscale_array is not None and not picture.has_alpha and not picture.is_grey:
-            # Plain RGB: the tiled engine quantises rows into the 8/16-bit output as they finish,
-            # so peak memory stays the output plus one band of tiles (no full-size float buffers).
-            frames.append(upscale_array(frame))
-            continue
-        values = frame.astype(np.float32) / peak
-        colour = values[..., :-1] if picture.has_alpha else values
-        if picture.has_alpha:
-            colour = fill_transparent(colour, values[..., -1])
-        if picture.is_grey:
-            colour = np.repeat(colour, 3, axis=2)
-        out = _from_tensor(upscaler.upscale_tensor(_to_tensor(colour)))
-        if picture.is_grey:
-            out = (out * np.asarray(_LUMA, np.float32)).sum(axis=2, keepdims=True)
-        if picture.has_alpha:
-            plane = values[..., -1]
-            if alpha == "model":
-                upscaled = _from_tensor(upscaler.upscale_tensor(_to_tensor(np.repeat(plane[..., None], 3, axis=2))))
-                upscaled_alpha = upscaled.mean(axis=2)
-            else:
-                upscaled_alpha = _resize_bicubic(plane, upscaler.scale)
-            out = np.concatenate([out, upscaled_alpha[..., None]], axis=2)
-        frames.append(np.rint(np.clip(out, 0.0, 1.0) * peak).astype(dtype))
+
+def upscale_picture(upscaler: UpscalerBase, picture: Picture, alpha: AlphaMode = "bicubic") -> Picture:
+    """Upscale every frame, keeping the picture's layout (grey stays grey, alpha stays) and bit depth."""
+    frames = [_upscale_frame(upscaler, frame, picture, alpha) for frame in picture.frames]
     return picture.scaled(frames, upscaler.scale)
 
 
@@ -442,8 +381,151 @@ def _get(q: queue.Queue, closing: threading.Event) -> object:
                 return _DONE
 
 
+# One file's three steps. The local pipeline runs them on three threads; a cluster worker runs
+# :func:`process_job` (all three in turn). Each step turns every failure into a message naming
+# the file: one bad file never stops a batch.
+
+
+def read_job(job: Job, options: RunOptions) -> tuple[Picture | None, str | None]:
+    """Decode the input and check the output format can hold it (before any upscaling)."""
+    try:
+        picture = read_picture(job.source, options.max_pixels)
+        check_writable(picture, job.output)
+        return picture, None
+    except HatError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a decoder bug must cost one file, not the batch
+        return None, f"{job.source}: cannot read ({type(exc).__name__}: {exc})"
+
+
+def upscale_job(
+    upscaler: UpscalerBase, job: Job, picture: Picture, options: RunOptions
+) -> tuple[Picture | None, str | None]:
+    try:
+        return upscale_picture(upscaler, picture, options.alpha), None
+    except HatError as exc:
+        return None, f"{job.source}: {exc}"
+    except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of device memory
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, f"{job.source}: upscaling failed ({reason})"
+
+
+def write_job(job: Job, picture: Picture, options: RunOptions, temps: TempFiles | None = None) -> str | None:
+    """Encode atomically; the error message, or None."""
+    try:
+        write_picture(picture, job.output, options.quality, options.overwrite, temps)
+        return None
+    except HatError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"{job.output}: cannot write ({type(exc).__name__}: {exc})"
+
+
+def _result(job: Job, picture: Picture | None, error: str | None, seconds: float) -> FileResult:
+    if error is not None:
+        return FileResult(job.source, None, "failed", seconds, error)
+    assert picture is not None
+    return FileResult(job.source, job.output, "done", seconds, None, (picture.width, picture.height))
+
+
+def process_job(
+    upscaler: UpscalerBase, job: Job, options: RunOptions | None = None, temps: TempFiles | None = None
+) -> FileResult:
+    """Read, upscale and write one file; its result (failures included, never raised)."""
+    options = options or RunOptions()
+    started = time.perf_counter()
+    picture, error = read_job(job, options)
+    if picture is not None:
+        picture, error = upscale_job(upscaler, job, picture, options)
+    if picture is not None:
+        error = write_job(job, picture, options, temps)
+    return _result(job, picture, error, time.perf_counter() - started)
+
+
+class _Pipeline:
+    """Reader thread -> model (calling thread) -> writer thread, through bounded queues."""
+
+    def __init__(self, upscaler: UpscalerBase, jobs: Sequence[Job], on_result, options: RunOptions, on_start) -> None:
+        self.upscaler, self.jobs, self.on_result, self.options, self.on_start = upscaler, jobs, on_result, options, on_start
+        self.temps = TempFiles()
+        self.closing = threading.Event()  # threads must wind down (end of run or abort)
+        self.aborted = threading.Event()  # results after this point are not reported
+        self.crashed: list[BaseException] = []  # what killed a worker thread, re-raised on the caller's
+        self.decoded: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
+        self.encoded: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
+        self.started_jobs = 0
+
+    def read_all(self) -> None:
+        for job in self.jobs:
+            if self.options.stop.is_set() or self.closing.is_set():
+                break
+            started = time.perf_counter()
+            picture, error = read_job(job, self.options)
+            if not _put(self.decoded, (job, picture, error, time.perf_counter() - started), self.closing):
+                return
+        _put(self.decoded, _DONE, self.closing)
+
+    def write_all(self) -> None:
+        while (item := _get(self.encoded, self.closing)) is not _DONE:
+            job, picture, error, seconds = item
+            if error is None:
+                started = time.perf_counter()
+                error = write_job(job, picture, self.options, self.temps)
+                seconds += time.perf_counter() - started
+            if self.aborted.is_set():
+                return
+            self.on_result(_result(job, picture, error, seconds))
+
+    def upscale_all(self) -> None:
+        """The model's loop, on the calling thread (Ctrl-C arrives here)."""
+        while not self.options.stop.is_set():
+            item = _get(self.decoded, self.closing)
+            if item is _DONE or self.options.stop.is_set():  # stopped while waiting: this one is not started
+                break
+            self.started_jobs += 1
+            job, picture, error, seconds = item  # type: ignore[misc]
+            if error is None:
+                if self.on_start is not None:
+                    self.on_start(job)
+                started = time.perf_counter()
+                picture, error = upscale_job(self.upscaler, job, picture, self.options)
+                seconds += time.perf_counter() - started
+            if not _put(self.encoded, (job, picture, error, seconds), self.closing):
+                break
+        _put(self.encoded, _DONE, self.closing)
+
+    def _guarded(self, work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:
+                self.crashed.append(exc)
+                self.closing.set()
+
+        return run
+
+    def run(self) -> int:
+        reader = threading.Thread(target=self._guarded(self.read_all), name="hat-reader", daemon=True)
+        writer = threading.Thread(target=self._guarded(self.write_all), name="hat-writer", daemon=True)
+        reader.start()
+        writer.start()
+        try:
+            self.upscale_all()
+            writer.join()
+            if self.crashed:
+                raise self.crashed[0]
+        except BaseException:
+            self.aborted.set()
+            self.closing.set()
+            self.temps.discard_all()
+            raise
+        finally:
+            self.closing.set()
+        return len(self.jobs) - self.started_jobs
+
+
 def run_batch(
-    upscaler: SupportsUpscale,
+    upscaler: UpscalerBase,
     jobs: Sequence[Job],
     on_result: Callable[[FileResult], None],
     options: RunOptions | None = None,
@@ -456,95 +538,4 @@ def run_batch(
     thread (``on_result`` failing, say), aborts at once: temporary files being written are removed,
     no result is reported after it, and the exception propagates to the caller.
     """
-    options = options or RunOptions()
-    temps = TempFiles()
-    closing = threading.Event()  # threads must wind down (end of run or abort)
-    aborted = threading.Event()  # results after this point are not reported
-    crashed: list[BaseException] = []  # what killed a worker thread, re-raised on the caller's
-    decoded: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
-    encoded: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
-
-    def read() -> None:
-        for job in jobs:
-            if options.stop.is_set() or closing.is_set():
-                break
-            started = time.perf_counter()
-            try:
-                picture = read_picture(job.source, options.max_pixels)
-                check_writable(picture, job.output)
-                item = (job, picture, None)
-            except HatError as exc:
-                item = (job, None, str(exc))
-            except Exception as exc:  # a decoder bug must cost one file, not the batch
-                item = (job, None, f"{job.source}: cannot read ({type(exc).__name__}: {exc})")
-            if not _put(decoded, (*item, time.perf_counter() - started), closing):
-                return
-        _put(decoded, _DONE, closing)
-
-    def write() -> None:
-        while (item := _get(encoded, closing)) is not _DONE:
-            job, picture, error, seconds = item
-            size = None
-            if error is None:
-                started = time.perf_counter()
-                try:
-                    write_picture(picture, job.output, options.quality, options.overwrite, temps)
-                    size = (picture.width, picture.height)
-                except HatError as exc:
-                    error = str(exc)
-                except Exception as exc:
-                    error = f"{job.output}: cannot write ({type(exc).__name__}: {exc})"
-                seconds += time.perf_counter() - started
-            if aborted.is_set():
-                return
-            status: Status = "failed" if error else "done"
-            on_result(FileResult(job.source, None if error else job.output, status, seconds, error, size))
-
-    def guarded(work: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                work()
-            except BaseException as exc:
-                crashed.append(exc)
-                closing.set()
-
-        return run
-
-    reader = threading.Thread(target=guarded(read), name="hat-reader", daemon=True)
-    writer = threading.Thread(target=guarded(write), name="hat-writer", daemon=True)
-    reader.start()
-    writer.start()
-    started_jobs = 0
-    try:
-        while not options.stop.is_set():
-            item = _get(decoded, closing)
-            if item is _DONE or options.stop.is_set():  # stopped while waiting: this one is not started
-                break
-            started_jobs += 1
-            job, picture, error, seconds = item  # type: ignore[misc]
-            if error is None:
-                if on_start is not None:
-                    on_start(job)
-                started = time.perf_counter()
-                try:
-                    picture = upscale_picture(upscaler, picture, options.alpha)
-                except HatError as exc:
-                    error = f"{job.source}: {exc}"
-                except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of device memory
-                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    error = f"{job.source}: upscaling failed ({reason})"
-                seconds += time.perf_counter() - started
-            if not _put(encoded, (job, None if error else picture, error, seconds), closing):
-                break
-        _put(encoded, _DONE, closing)
-        writer.join()
-        if crashed:
-            raise crashed[0]
-    except BaseException:
-        aborted.set()
-        closing.set()
-        temps.discard_all()
-        raise
-    finally:
-        closing.set()
-    return len(jobs) - started_jobs
+    return _Pipeline(upscaler, jobs, on_result, options or RunOptions(), on_start).run()

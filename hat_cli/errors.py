@@ -47,6 +47,12 @@ class OutputError(HatError):
     exit_code = EXIT_SOME_FAILED
 
 
+class NonFiniteOutput(HatError):
+    """The network returned NaN or infinite values, even in fp32: that image is not written."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
 class DeviceOutOfMemory(HatError):
     """Out of memory even for the smallest tile (the tile size is halved on every failure first)."""
 

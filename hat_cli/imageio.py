@@ -10,12 +10,8 @@ decoded by pypng and encoded here (numpy + zlib), 16-bit TIFFs go through tifffi
 
 from __future__ import annotations
 
-import errno
 import io
-import os
-import secrets
 import struct
-import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,10 +21,11 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, ImageSequence, UnidentifiedImageError
 
+from .atomic import TempFiles, atomic_write
 from .errors import HatError, InputImageError, OutputError
+from .pixels import to_levels
 
 DEFAULT_MAX_PIXELS = 100_000_000  # refuse decompression bombs beyond this many input pixels (all frames)
-TEMP_SUFFIX = ".hat-part"  # temporary files are ".<name>.<random>.hat-part" beside the target
 
 _ORIENTATION = 0x0112
 _EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 0x8769, 0x8825, 0xA005
@@ -94,12 +91,6 @@ class Picture:
 
 
 # ---------------------------------------------------------------------------------------- formats
-def readable_extensions() -> set[str]:
-    """Lower-case suffixes (``.png``) of every format Pillow can open."""
-    Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
 def format_for_suffix(suffix: str) -> str | None:
     """Pillow's writer name for a suffix (``.jpg`` -> ``JPEG``), or ``None`` if it cannot be written."""
     Image.init()
@@ -363,76 +354,6 @@ def _read_tiff16(path: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- writing
-class TempFiles:
-    """Temporary files being written. An abort removes them all and refuses new ones, so a hard
-    stop (second Ctrl-C) while another thread is mid-write leaves nothing behind."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._paths: set[Path] = set()
-        self._closed = False
-
-    def create(self, target: Path) -> tuple[int, Path]:
-        with self._lock:
-            if self._closed:
-                raise OutputError(f"{target}: not written (stopped)")
-            while True:
-                tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
-                try:  # O_EXCL: never reuse a name; mode 0o666 so the umask applies as for any new file
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-                except FileExistsError:
-                    continue
-                self._paths.add(tmp)
-                return fd, tmp
-
-    def release(self, tmp: Path) -> None:
-        with self._lock:
-            self._paths.discard(tmp)
-        tmp.unlink(missing_ok=True)
-
-    def discard_all(self) -> None:
-        with self._lock:
-            self._closed = True
-            for tmp in self._paths:
-                tmp.unlink(missing_ok=True)
-            self._paths.clear()
-
-
-def atomic_write(
-    path: Path,
-    write: Callable[[BinaryIO], None],
-    overwrite: bool = True,
-    temps: TempFiles | None = None,
-) -> None:
-    """Write through ``write(handle)`` to a temporary file beside ``path``, then rename it into place.
-
-    The data is written to the descriptor that created the temporary file (never reopened by name),
-    so removing the name during an abort leaves no file at all.
-    """
-    temps = temps or TempFiles()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create its folder ({exc.strerror or exc})") from exc
-    try:
-        fd, tmp = temps.create(path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "w+b") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
-        if not overwrite and path.exists():
-            raise OutputError(f"{path}: exists (pass --overwrite to replace it)")
-        os.replace(tmp, path)
-    except OSError as exc:
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise OutputError(f"{path}: cannot write ({reason})") from exc
-    finally:
-        temps.release(tmp)
-
-
 def check_writable(picture: Picture, path: Path) -> str:
     """The Pillow format for ``path``, or an :class:`OutputError` if it cannot hold ``picture``
     (checked before upscaling too, so no work is wasted on an output that cannot be written)."""
@@ -503,7 +424,7 @@ def _icc_for(picture: Picture, mode: str) -> bytes | None:
 def _to_8bit(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
-    return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return to_levels(array / 257.0, np.uint8)  # 65535 / 255 = 257
 
 
 def _pillow_frame(array: np.ndarray, fmt: str) -> Image.Image:
@@ -514,7 +435,7 @@ def _pillow_frame(array: np.ndarray, fmt: str) -> Image.Image:
         # No alpha in this format (JPEG): composite over white, as viewers show transparency.
         alpha = array[..., -1:].astype(np.float32) / 255.0
         colour = array[..., :-1].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        array = np.rint(colour).astype(np.uint8)
+        array = to_levels(colour, np.uint8)
         channels -= 1
     if fmt in _RGB_ONLY_FORMATS:
         array = _with_channels(array, 4 if channels in (2, 4) else 3)

@@ -37,6 +37,8 @@ from typing import Literal
 
 import numpy as np
 
+from .pixels import to_levels
+
 __all__ = ["Border", "contributions", "cubic", "imresize", "resize_matrix", "to_uint8"]
 
 Border = Literal["replicate", "symmetric"]
@@ -126,12 +128,9 @@ def _resize_axis(img: np.ndarray, axis: int, weights: np.ndarray, indices: np.nd
 def to_uint8(img: np.ndarray) -> np.ndarray:
     """Round to uint8 the way MATLAB's ``uint8()`` does: half away from zero, clipped to 0..255.
 
-    NaN becomes 0, as in MATLAB.
+    NaN becomes 0, as in MATLAB. The rule is the pixel layer's (:func:`hat_cli.pixels.to_levels`).
     """
-    arr = np.asarray(img, dtype=np.float64)
-    # np.round rounds half to even; MATLAB rounds 2.5 -> 3. Values are clipped first, so all >= 0.
-    rounded = np.floor(np.clip(arr, 0.0, 255.0) + 0.5)
-    return np.nan_to_num(rounded, nan=0.0).astype(np.uint8)
+    return to_levels(img, np.uint8)
 
 
 def _output_shape(

@@ -32,16 +32,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DeviceOutOfMemory
-from .model.padding import reflect_pad_to_multiple
+from .errors import DeviceOutOfMemory, NonFiniteOutput
+from .model.contract import Network
+from .model.padding import reflect_pad_to_multiple, run_padded
+from .pixels import quantize, to_tensor
 
 Blend = Literal["feather", "crop"]
 Progress = Callable[[int, int], None]  # (tiles done, tiles total)
@@ -50,23 +52,6 @@ Writer = Callable[[int, Tensor], None]  # (first output row, (C, rows, out_width
 
 MIN_DEFAULT_OVERLAP = 32  # input pixels; see default_overlap
 MAX_AUTO_BATCH = 8  # tiles per forward on GPUs; more rarely helps and delays the first OOM signal
-
-
-class TileModel(Protocol):
-    """What the engine needs from a network.
-
-    ``model(x)``: (B, C, h, w) float32 in [0, 1] -> (B, C, scale*h, scale*w), called with ``h`` and
-    ``w`` multiples of ``window_size`` (the engine pads). A ``config`` attribute with HAT
-    hyper-parameters, or a ``bytes_per_input_pixel`` attribute, enables the memory model.
-    """
-
-    @property
-    def scale(self) -> int: ...
-
-    @property
-    def window_size(self) -> int: ...
-
-    def __call__(self, x: Tensor) -> Tensor: ...
 
 
 # --------------------------------------------------------------------------- planning
@@ -278,49 +263,8 @@ def padded_reader(read: Reader, height: int, width: int, window: int) -> Reader:
 
 # --------------------------------------------------------------------------- memory model
 
-# Peak working memory of one HAT forward, in float32 values per input pixel, measured as the rise
-# of peak RSS over 96 and 160 px tiles on CPU (benchmarks/bench_tiling_memory.py --calibrate):
-# - body: ~20 values per channel (residual stream, LayerNorm, CAB, qkv and its window copies, MLP);
-# - reconstruction: the pixel-shuffle head, ~2.2 * num_feat * scale^2 values;
-# the two add up (memory freed by the body stays in the process for the head's larger blocks).
-# Fused attention (SDPA's flash kernel on CPU, efficient kernels on CUDA) keeps no score matrices;
-# the plain path (``fused_attention=False``) materialises per head ws^2 (window attention) +
-# ows^2 (OCAB) scores per pixel, about one copy.
-BODY_VALUES_PER_CHANNEL = 20.0
-UPSAMPLER_COPIES = 2.2
-SCORE_COPIES = 1.0
-# Half-precision autocast keeps LayerNorm/softmax in fp32: about 3 bytes per value on average.
-BYTES_PER_VALUE = {torch.float32: 4.0, torch.bfloat16: 3.0, torch.float16: 3.0}
-# Used for models without a HAT config: a HAT-S-sized network at scale 4.
-FALLBACK_BYTES_PER_PIXEL = 48_000.0
 # Share of free memory a tile may use: other processes share CPU RAM; CUDA memory is ours.
 BUDGET_SHARE = {"cuda": 0.8, "cpu": 0.5, "mps": 0.5}
-ALLOCATOR_SLACK = 1.25  # fragmentation and caching on top of the live working set
-
-
-def bytes_per_input_pixel(model: TileModel, dtype: torch.dtype = torch.float32) -> float:
-    """Estimated peak working memory of ``model(x)`` per input pixel (see the constants above)."""
-    explicit = getattr(model, "bytes_per_input_pixel", None)
-    if callable(explicit):
-        return float(explicit(dtype))
-    if explicit is not None:
-        return float(explicit)
-    config = getattr(model, "config", None)
-    if config is None:
-        return FALLBACK_BYTES_PER_PIXEL
-    ws, ows = config.window_size, config.overlap_window_size
-    values = BODY_VALUES_PER_CHANNEL * config.embed_dim + UPSAMPLER_COPIES * config.num_feat * config.upscale**2
-    if not _fused_attention(model):
-        values += SCORE_COPIES * max(config.num_heads) * (ws**2 + ows**2)
-    return BYTES_PER_VALUE.get(dtype, 4.0) * ALLOCATOR_SLACK * values
-
-
-def _fused_attention(model: TileModel) -> bool:
-    """False when any attention module of the network (or of a wrapped one) runs the plain path."""
-    network = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
-    if not isinstance(network, torch.nn.Module):
-        return True
-    return all(getattr(module, "fused", True) for module in network.modules())
 
 
 def available_ram() -> int:
@@ -359,7 +303,7 @@ class TileChoice:
 
 
 def choose_tile(
-    model: TileModel,
+    model: Network,
     height: int,
     width: int,
     device: torch.device,
@@ -378,8 +322,8 @@ def choose_tile(
     GPU budget and the band the host budget; on CPU/MPS everything shares the host budget.
     ``batch=None`` batches as many tiles per forward as fit (CUDA only; 1 elsewhere).
     """
-    window, scale = model.window_size, model.scale
-    per_pixel = bytes_per_input_pixel(model, dtype)
+    window, scale = model.size_multiple, model.scale
+    per_pixel = model.bytes_per_input_pixel(dtype)
     host_free = available_ram()
     host = int(host_free * BUDGET_SHARE["cpu"]) if host_budget is None else host_budget
     shared = device.type != "cuda"
@@ -420,7 +364,7 @@ def choose_tile(
 
 
 def choose_batch(
-    model: TileModel,
+    model: Network,
     plan: TilePlan,
     device: torch.device,
     dtype: torch.dtype,
@@ -433,7 +377,7 @@ def choose_batch(
     if budget is None:
         budget = int(free_device_memory(device) * BUDGET_SHARE["cuda"])
     pad = -(-plan.tile_h // plan.window) * plan.window * -(-plan.tile_w // plan.window) * plan.window
-    forward = bytes_per_input_pixel(model, dtype) * pad
+    forward = model.bytes_per_input_pixel(dtype) * pad
     return int(max(1, min(MAX_AUTO_BATCH, len(plan.xs), budget // max(forward, 1.0))))
 
 
@@ -453,6 +397,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 @dataclass
+class RunReport:
+    """What one :meth:`TileEngine.run` had to do beyond the plan."""
+
+    oom_retries: int = 0
+    fp32_fallbacks: int = 0
+    smallest_tile: int = 0  # tile side after out-of-memory halving (0: never halved)
+
+
+@dataclass
 class TileStats:
     """What one image's tiled run did (``hat upscale --verbose`` prints :meth:`describe`)."""
 
@@ -465,9 +418,7 @@ class TileStats:
     device: str
     precision: str
     reason: str = ""
-    oom_retries: int = 0
-    fp32_fallbacks: int = 0
-    smallest_tile: int = 0  # tile side after out-of-memory halving (0: never halved)
+    report: RunReport = field(default_factory=RunReport)  # filled in by the run
 
     def describe(self) -> str:
         if self.tile == 0:
@@ -479,10 +430,11 @@ class TileStats:
         text = f"{layout} on {self.device} ({self.precision})"
         if self.reason:
             text += f"; {self.reason}"
-        if self.oom_retries:
-            text += f"; {self.oom_retries} out-of-memory retries, tile halved to {self.smallest_tile} px"
-        if self.fp32_fallbacks:
-            text += f"; {self.fp32_fallbacks} tile(s) recomputed in fp32 (non-finite values)"
+        report = self.report
+        if report.oom_retries:
+            text += f"; {report.oom_retries} out-of-memory retries, tile halved to {report.smallest_tile} px"
+        if report.fp32_fallbacks:
+            text += f"; {report.fp32_fallbacks} tile(s) recomputed in fp32 (non-finite values)"
         return text
 
 
@@ -500,13 +452,14 @@ def _release_cached_memory(device: torch.device) -> None:
 
 
 class TileEngine:
-    """Runs a :class:`TilePlan` through a model, band by band; survives out-of-memory errors.
+    """Runs a :class:`TilePlan` through a :class:`~hat_cli.model.contract.Network`, band by band;
+    survives out-of-memory errors and recomputes non-finite half-precision tiles in fp32.
 
     The engine is kept across images: a tile size learned from an out-of-memory error
     (``max_side``) stays in force, so later tiles are split up front instead of failing again.
     """
 
-    def __init__(self, model: TileModel, device: torch.device, dtype: torch.dtype, batch: int = 1) -> None:
+    def __init__(self, model: Network, device: torch.device, dtype: torch.dtype, batch: int = 1) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -514,8 +467,6 @@ class TileEngine:
         # Learned from out-of-memory errors and kept for later images.
         self.max_batch: int | None = None
         self.max_side: int | None = None
-        self.oom_retries = 0
-        self.fp32_fallbacks = 0
 
     @property
     def scale(self) -> int:
@@ -523,59 +474,43 @@ class TileEngine:
 
     @property
     def window(self) -> int:
-        return self.model.window_size
+        return self.model.size_multiple
 
     @property
     def batch_limit(self) -> int:
         return self.batch if self.max_batch is None else min(self.batch, self.max_batch)
 
     @torch.inference_mode()
-    def run(self, plan: TilePlan, read: Reader, write: Writer, progress: Progress | None = None) -> None:
+    def run(self, plan: TilePlan, read: Reader, write: Writer, progress: Progress | None = None) -> RunReport:
         """Upscale the image behind ``read`` tile by tile, handing finished rows to ``write``.
 
         ``read(y0, y1, x0, x1)`` serves (C, h, w) float32 crops of the ``height x width`` image.
         ``write(row, block)`` receives (C, rows, width*scale) float32 blocks in order, top to
         bottom; ``block`` is reused afterwards, so the writer must copy what it keeps.
         """
-        scale = plan.scale
+        report = RunReport()
+        self._run(plan, read, write, progress, report)
+        report.smallest_tile = self.max_side or 0
+        return report
+
+    def _run(self, plan: TilePlan, read: Reader, write: Writer, progress: Progress | None, report: RunReport) -> None:
+        band = _Band(plan, write)
         read = padded_reader(read, plan.height, plan.width, plan.window)
-        rows, cols = plan.row_weights, plan.col_weights
-        out_h, out_w = plan.height * scale, plan.width * scale
-        band_h = max(w.hi - w.lo for w in rows)
-        col_tensors = [torch.from_numpy(w.weight) for w in cols]
-        band: Tensor | None = None  # float accumulator: output rows [band_lo, band_lo + band_h)
-        band_lo, done = 0, 0
+        done = 0
         for i, y in enumerate(plan.ys):
-            row = rows[i]
-            row_tensor = torch.from_numpy(row.weight)[:, None]
             pending = list(enumerate(plan.xs))
             while pending:
                 chunk, pending = pending[: self.batch_limit], pending[self.batch_limit :]
                 tiles = torch.stack([read(y, y + plan.tile_h, x, x + plan.tile_w) for _, x in chunk])
-                out = self.infer(tiles, plan)  # (B, C, tile_h*s, tile_w*s)
-                if band is None:
-                    band = torch.zeros(out.shape[1], band_h, plan.padded_width * scale)
+                out = self.infer(tiles, plan, report)  # (B, C, tile_h*s, tile_w*s)
                 for k, (j, x) in enumerate(chunk):
-                    col = cols[j]
-                    piece = out[k, :, row.lo - y * scale : row.hi - y * scale, col.lo - x * scale : col.hi - x * scale]
-                    piece = piece * row_tensor.to(piece.device) * col_tensors[j].to(piece.device)
-                    band[:, row.lo - band_lo : row.hi - band_lo, col.lo : col.hi] += piece.to("cpu", torch.float32)
+                    band.add(out[k], i, j, y, x)
                     done += 1
                     if progress is not None:
                         progress(done, plan.tiles)
-            assert band is not None
-            # Rows above the next band's first weighted row receive nothing more: hand them over
-            # (without the padding rows and columns, which are cropped away).
-            finished = rows[i + 1].lo if i + 1 < len(rows) else band_lo + band_h
-            if min(finished, out_h) > band_lo:
-                write(band_lo, band[:, : min(finished, out_h) - band_lo, :out_w])
-            carry = row.hi - finished
-            if carry > 0:
-                band[:, :carry] = band[:, finished - band_lo : row.hi - band_lo].clone()
-            band[:, max(carry, 0) :].zero_()
-            band_lo = finished
+            band.finish_row(i)
 
-    def infer(self, tiles: Tensor, plan: TilePlan) -> Tensor:
+    def infer(self, tiles: Tensor, plan: TilePlan, report: RunReport) -> Tensor:
         """(B, C, h, w) float32 -> (B, C, s*h, s*w) float32 (any device), splitting on out-of-memory.
 
         A failed forward leaves nothing behind: its result is never returned, only recomputed with
@@ -583,31 +518,34 @@ class TileEngine:
         """
         count, _, height, width = tiles.shape
         if self.max_side is not None and max(height, width) > self.max_side:
-            return torch.cat([self._subtiled(tile, plan) for tile in tiles])
+            return torch.cat([self._subtiled(tile, plan, report) for tile in tiles])
         if count > self.batch_limit:
-            return torch.cat([self.infer(part, plan) for part in tiles.split(self.batch_limit)])
+            return torch.cat([self.infer(part, plan, report) for part in tiles.split(self.batch_limit)])
         try:
-            return self.forward(tiles)
+            return self.forward(tiles, report)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
         # Retried outside the except block, so the failed attempt's tensors (kept alive by the
         # traceback) are already freed.
-        self.oom_retries += 1
+        report.oom_retries += 1
         _release_cached_memory(self.device)
+        self._shrink(count, max(height, width))
+        return self.infer(tiles, plan, report)
+
+    def _shrink(self, count: int, side: int) -> None:
+        """After an out-of-memory error: halve the batch, else the tile side (down to one window)."""
         if count > 1:
             self.max_batch = max(1, count // 2)
-        else:
-            side = max(height, width)
-            if side <= self.window:
-                raise DeviceOutOfMemory(
-                    f"out of memory on {self.device} even for a {self.window}x{self.window} tile: "
-                    "free memory, or use --device cpu"
-                )
-            self.max_side = max(self.window, (side // 2) // self.window * self.window)
-        return self.infer(tiles, plan)
+            return
+        if side <= self.window:
+            raise DeviceOutOfMemory(
+                f"out of memory on {self.device} even for a {self.window}x{self.window} tile: "
+                "free memory, or use --device cpu"
+            )
+        self.max_side = max(self.window, (side // 2) // self.window * self.window)
 
-    def _subtiled(self, tile: Tensor, plan: TilePlan) -> Tensor:
+    def _subtiled(self, tile: Tensor, plan: TilePlan, report: RunReport) -> Tensor:
         """(C, h, w) -> (1, C, s*h, s*w) on the CPU: one tile upscaled as an image of smaller tiles."""
         assert self.max_side is not None
         channels, height, width = tile.shape
@@ -618,35 +556,75 @@ class TileEngine:
         def write(row: int, block: Tensor) -> None:
             canvas[:, row : row + block.shape[1]] = block
 
-        self.run(sub, lambda y0, y1, x0, x1: tile[:, y0:y1, x0:x1], write)
+        self._run(sub, lambda y0, y1, x0, x1: tile[:, y0:y1, x0:x1], write, None, report)
         return canvas[None]
 
-    def forward(self, tiles: Tensor) -> Tensor:
-        """(B, C, h, w) -> (B, C, s*h, s*w) float32 on the device: one forward, padded to window
-        multiples; in half precision, tiles with non-finite outputs are recomputed in fp32."""
-        height, width = tiles.shape[-2:]
-        scale = self.scale
-        x = reflect_pad_to_multiple(tiles.to(self.device, torch.float32), self.window)
+    def forward(self, tiles: Tensor, report: RunReport | None = None) -> Tensor:
+        """(B, C, h, w) in 0..1 -> (B, C, s*h, s*w) float32 on the device: one padded forward.
+
+        In half precision, tiles with non-finite outputs are recomputed in fp32; a non-finite value
+        left after that (or in fp32) is :class:`NonFiniteOutput`: never written into an image.
+        """
+        x = tiles.to(self.device, torch.float32)
         with _autocast(self.device, self.dtype):
-            out = self.model(x)[..., : height * scale, : width * scale].float()
-        if self.dtype != torch.float32:
-            bad = (~torch.isfinite(out)).flatten(1).any(dim=1).nonzero().flatten()
-            if len(bad):
-                out[bad] = self.model(x[bad])[..., : height * scale, : width * scale].float()
-                self.fp32_fallbacks += len(bad)
+            out = run_padded(self.model, x).float()
+        bad = _non_finite(out)
+        if len(bad) and self.dtype != torch.float32:
+            out[bad] = run_padded(self.model, x[bad]).float()
+            if report is not None:
+                report.fp32_fallbacks += len(bad)
+            bad = _non_finite(out)
+        if len(bad):
+            raise NonFiniteOutput(
+                "the network produced NaN or infinite values (broken weights or hyper-parameters, "
+                "e.g. --conv-scale/--img-range?)"
+            )
         return out
 
 
+def _non_finite(out: Tensor) -> Tensor:
+    """Indices of the batch items holding a NaN or an infinity."""
+    return (~torch.isfinite(out)).flatten(1).any(dim=1).nonzero().flatten()
+
+
+class _Band:
+    """The float accumulator for one grid row of output (a *band*): weighted tile outputs are added
+    in, and rows that no later tile touches are handed to the writer, cropped to the image."""
+
+    def __init__(self, plan: TilePlan, write: Writer) -> None:
+        self.plan, self.write = plan, write
+        self.rows, self.cols = plan.row_weights, plan.col_weights
+        self.height = max(w.hi - w.lo for w in self.rows)
+        self.out_h, self.out_w = plan.height * plan.scale, plan.width * plan.scale
+        self.col_tensors = [torch.from_numpy(w.weight) for w in self.cols]
+        self.buffer: Tensor | None = None  # output rows [lo, lo + height)
+        self.lo = 0
+
+    def add(self, out: Tensor, i: int, j: int, y: int, x: int) -> None:
+        """Blend tile (i, j) at input position (y, x) into the band; ``out`` is (C, th*s, tw*s)."""
+        s, row, col = self.plan.scale, self.rows[i], self.cols[j]
+        if self.buffer is None:
+            self.buffer = torch.zeros(out.shape[0], self.height, self.plan.padded_width * s)
+        piece = out[:, row.lo - y * s : row.hi - y * s, col.lo - x * s : col.hi - x * s]
+        row_weight = torch.from_numpy(row.weight)[:, None].to(piece.device)
+        piece = piece * row_weight * self.col_tensors[j].to(piece.device)
+        self.buffer[:, row.lo - self.lo : row.hi - self.lo, col.lo : col.hi] += piece.to("cpu", torch.float32)
+
+    def finish_row(self, i: int) -> None:
+        """Hand over the rows above the next grid row's first weighted row (without the padding)."""
+        assert self.buffer is not None
+        row, lo = self.rows[i], self.lo
+        finished = self.rows[i + 1].lo if i + 1 < len(self.rows) else lo + self.height
+        if min(finished, self.out_h) > lo:
+            self.write(lo, self.buffer[:, : min(finished, self.out_h) - lo, : self.out_w])
+        carry = row.hi - finished
+        if carry > 0:
+            self.buffer[:, :carry] = self.buffer[:, finished - lo : row.hi - lo].clone()
+        self.buffer[:, max(carry, 0) :].zero_()
+        self.lo = finished
+
+
 # --------------------------------------------------------------------------- sinks
-
-
-def peak_value(dtype: np.dtype | type[np.generic]) -> float:
-    return 65535.0 if np.dtype(dtype) == np.uint16 else 255.0
-
-
-def quantize(block: Tensor, dtype: np.dtype | type[np.generic] = np.uint8) -> np.ndarray:
-    """(C, H, W) float -> HxWxC integer array, clamped and rounded like BasicSR's ``tensor2img``."""
-    return (block.float().clamp(0, 1) * peak_value(dtype)).round().permute(1, 2, 0).numpy().astype(dtype)
 
 
 def array_writer(out: np.ndarray, rows_per_step: int = 32) -> Writer:
@@ -663,11 +641,9 @@ def array_writer(out: np.ndarray, rows_per_step: int = 32) -> Writer:
 
 def array_reader(array: np.ndarray) -> Reader:
     """Tiles of an H x W x C uint8/uint16 array as (C, h, w) float32 in [0, 1]."""
-    peak = peak_value(array.dtype)
 
     def read(y0: int, y1: int, x0: int, x1: int) -> Tensor:
-        part = np.array(array[y0:y1, x0:x1])  # a tile-sized copy: the source may be read-only (PIL)
-        return torch.from_numpy(part).permute(2, 0, 1).float().div_(peak)
+        return to_tensor(array[y0:y1, x0:x1])
 
     return read
 
@@ -675,9 +651,9 @@ def array_reader(array: np.ndarray) -> Reader:
 __all__ = [
     "AxisWeight",
     "Blend",
+    "RunReport",
     "TileChoice",
     "TileEngine",
-    "TileModel",
     "TilePlan",
     "TileStats",
     "array_reader",
@@ -685,7 +661,6 @@ __all__ = [
     "available_ram",
     "axis_starts",
     "axis_weights",
-    "bytes_per_input_pixel",
     "choose_batch",
     "choose_tile",
     "default_overlap",
@@ -693,7 +668,6 @@ __all__ = [
     "is_out_of_memory",
     "make_plan",
     "padded_reader",
-    "quantize",
     "reflect_indices",
     "round_overlap",
     "round_tile",

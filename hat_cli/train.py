@@ -1,15 +1,17 @@
 """Train or fine-tune a HAT on folders of high-resolution images (the HAT paper's recipe).
 
-Data: every HR image is mod-cropped to the scale and downscaled *once* with
-:func:`hat_cli.bench.make_lr` (MATLAB bicubic, rounded to uint8: bit-identical to the benchmark LR
-files); each
+Data: every HR image (:func:`hat_cli.imagefiles.list_images`, read as 8 bits) is mod-cropped to
+the scale and downscaled *once* with :func:`hat_cli.baseline.make_lr` (MATLAB bicubic, rounded to
+uint8: bit-identical to the benchmark LR files); each
 iteration crops aligned LR/HR patch pairs at random positions, with random flips and 90-degree
 rotations. Loss L1, Adam(0.9, 0.99), cosine or step decay, EMA of the weights.
 
 Files: ``out`` is an official-format checkpoint (``params_ema``/``params`` + ``hat_config``
 metadata, see :func:`hat_cli.checkpoint.save_checkpoint`); next to it ``<stem>.state.pth`` holds
 everything needed to resume (weights, EMA, optimiser, scheduler, iteration, RNG). Both are written
-atomically every ``save_every`` iterations, at the end, and on Ctrl-C before it propagates.
+through :func:`hat_cli.checkpoint.save_checkpoint` (atomic, permissions from the umask) every
+``save_every`` iterations, at the end, and on Ctrl-C before it propagates. Both paths are checked
+before training starts, so no work is lost to an unwritable output.
 
 This module has no CLI dependencies; progress goes to an optional callback.
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -31,12 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .bench import IMAGE_EXTENSIONS, make_lr, pair_images, read_image, run_bench
-from .checkpoint import config_from_checkpoint, read_checkpoint, save_checkpoint
+from .baseline import make_lr
+from .checkpoint import identify, read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError
-from .imresize import to_uint8
+from .evaluation import pair_images, run_bench
+from .imagefiles import list_images as images_in
+from .imagefiles import read_rgb8
 from .metrics import mod_crop
 from .model import HAT, HATConfig
+from .pixels import quantize, to_tensor
 from .registry import builtin_registry_text, load_registry
 from .store import require_checkpoint
 
@@ -118,21 +122,19 @@ def state_path_for(out: str | os.PathLike[str]) -> Path:
 
 
 def list_images(dirs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Every image under the folders (recursively), in path order."""
     files: list[Path] = []
-    for d in dirs:
-        d = Path(d)
-        if not d.is_dir():
-            raise ConfigError(f"{d}: not a folder of images")
-        found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    for folder in dirs:
+        found = sorted(images_in(folder, recursive=True))
         if not found:
-            raise ConfigError(f"{d}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise ConfigError(f"{folder}: no images found (PNG, JPEG, ... in it or its subfolders)")
         files += found
     return files
 
 
 def read_rgb(path: Path) -> np.ndarray:
     """HxWx3 uint8 (grayscale repeated to three channels, as hat bench feeds models)."""
-    img = read_image(path)
+    img = read_rgb8(path)
     return np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
 
 
@@ -169,15 +171,11 @@ class PatchSampler:
                     lr_p, hr_p = op(lr_p), op(hr_p)
             lrs.append(lr_p)
             hrs.append(hr_p)
-        return _to_tensor(np.stack(lrs)), _to_tensor(np.stack(hrs))
+        return torch.stack([to_tensor(p) for p in lrs]), torch.stack([to_tensor(p) for p in hrs])
 
 
 def _transpose(img: np.ndarray) -> np.ndarray:
     return img.transpose(1, 0, 2)
-
-
-def _to_tensor(batch: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255)
 
 
 # --------------------------------------------------------------------------- validation
@@ -185,14 +183,12 @@ def _to_tensor(batch: np.ndarray) -> Tensor:
 
 @torch.no_grad()
 def upscale_uint8(model: nn.Module, lr: np.ndarray, device: torch.device) -> np.ndarray:
-    """Whole-image SR of a uint8 HxWx3 array, rounded to uint8 like a saved PNG."""
-    x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].to(device, torch.float32) / 255
-    y = model(x)[0].float().clamp_(0, 1).permute(1, 2, 0).cpu().numpy()
-    return to_uint8(y * 255)
+    """Whole-image SR of a uint8 HxWx3 array, rounded to uint8 like a saved PNG (the pixel layer)."""
+    return quantize(model(to_tensor(lr)[None].to(device))[0])
 
 
 def validate(model: nn.Module, val_hr: str | os.PathLike[str], scale: int, device: torch.device) -> float:
-    """Mean PSNR (Y channel, ``scale`` border pixels cropped) through :func:`hat_cli.bench.run_bench`,
+    """Mean PSNR (Y channel, ``scale`` border pixels cropped) through :func:`hat_cli.evaluation.run_bench`,
     so the number is exactly what ``hat bench`` prints for these weights."""
     was_training = model.training
     model.eval()
@@ -221,7 +217,14 @@ def _init_weights(init: str | os.PathLike[str], scale: int) -> tuple[dict[str, T
         preset = registry.resolve(str(init), pick)
         path = require_checkpoint(preset)
     state, meta = read_checkpoint(path)
-    return state, config_from_checkpoint(state, meta, path), str(path)
+    return state, _hat_config(state, meta, path), str(path)
+
+
+def _hat_config(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> HATConfig:
+    family, config = identify(state, meta, path)
+    if not isinstance(config, HATConfig):
+        raise ConfigError(f"{path}: a {family.title} checkpoint; hat train trains HAT networks")
+    return config
 
 
 _LIST_KEYS = ("depths", "num_heads")
@@ -334,18 +337,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
 
@@ -379,27 +370,24 @@ class _Run:
 
     def save(self, out: Path, state_path: Path) -> None:
         ema_state, params = _cpu_state(self.ema), _cpu_state(self.model)
-        _atomic_torch_save(
-            {
-                "params_ema": ema_state,
-                "params": params,
-                "hat_config": {**self.model.config.to_dict(), **self.meta()},
-                "train_state": {
-                    "version": STATE_VERSION,
-                    "iteration": self.iteration,
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "data_rng": self.gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "loss_avg": self.loss_avg,
-                    "val_psnr": self.val_psnr,
-                    "history": [list(h) for h in self.history],
-                    "wall_s": self.wall_s,
-                },
-            },
-            state_path,
-        )
-        save_checkpoint(out, ema_state, self.model.config, params=params, extra_meta=self.meta())
+        config, meta = self.model.config, self.meta()
+        save_checkpoint(state_path, ema_state, config, params=params, extra_meta=meta, extra={"train_state": self.state()})
+        save_checkpoint(out, ema_state, config, params=params, extra_meta=meta)
+
+    def state(self) -> dict[str, Any]:
+        """Everything besides the weights that a resumed run needs."""
+        return {
+            "version": STATE_VERSION,
+            "iteration": self.iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data_rng": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "loss_avg": self.loss_avg,
+            "val_psnr": self.val_psnr,
+            "history": [list(h) for h in self.history],
+            "wall_s": self.wall_s,
+        }
 
     def restore(self, path: Path) -> None:
         try:
@@ -427,10 +415,126 @@ class _Run:
 
 def _config_of_state(path: Path) -> HATConfig:
     state, meta = read_checkpoint(path)
-    return config_from_checkpoint(state, meta, path)
+    return _hat_config(state, meta, path)
 
 
 # --------------------------------------------------------------------------- training loop
+
+
+def _check_outputs(out: Path, state_path: Path) -> None:
+    """Fail before training, not after it, when the checkpoint files cannot be written."""
+    for path in (out, state_path):
+        if path.is_dir():
+            raise ConfigError(f"--out {out}: {path} is a folder; give a file name such as {path / 'model.pth'}")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {out}: cannot write in {folder}")
+
+
+def _prepare(options: TrainOptions, device: torch.device) -> tuple[_Run, PatchSampler]:
+    """The model (fresh, fine-tuned or resumed), its EMA copy, optimiser, schedule and data."""
+    if options.resume is not None:
+        # The architecture is the resumed run's, whatever config/init say now.
+        config = _config_of_state(Path(options.resume))
+        if config.upscale != options.scale:
+            raise ConfigError(f"{options.resume} is a x{config.upscale} run, not x{options.scale}")
+        model, source = HAT(config), None
+    else:
+        model, source = build_training_model(options)
+    sampler = PatchSampler(list_images(options.hr_dirs), options.scale, options.patch_size)
+    if options.val_hr is not None:
+        pair_images(options.val_hr, None, options.scale)  # fail now, not after the first val_every iterations
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(options.seed)
+    run = _Run(options, model, ema, optimizer, make_scheduler(optimizer, options), gen, init_source=source)
+    if options.resume is not None:
+        run.restore(Path(options.resume))
+        run.init_source = f"resumed from {options.resume}"
+    return run, sampler
+
+
+class _Session:
+    """One call of :func:`train`: the loop's steps, timing and reporting."""
+
+    def __init__(self, run: _Run, sampler: PatchSampler, device: torch.device, progress) -> None:
+        self.run, self.sampler, self.device, self.progress = run, sampler, device, progress
+        self.options = run.options
+        self.out, self.state_path = Path(self.options.out), state_path_for(self.options.out)
+        self.started, self.iterations, self.step_time = time.perf_counter(), 0, 0.0
+        self.wall_base = run.wall_s
+
+    def report(self, event: Literal["step", "val", "save"]) -> None:
+        if self.progress is None:
+            return
+        run, rate = self.run, self.iterations / self.step_time if self.step_time > 0 else 0.0
+        left = self.options.iters - run.iteration
+        self.progress(
+            TrainProgress(
+                iteration=run.iteration,
+                total=self.options.iters,
+                loss=run.loss_avg or 0.0,
+                step_loss=run.last_loss,
+                lr=run.optimizer.param_groups[0]["lr"],
+                its_per_sec=rate,
+                eta_s=left / rate if rate > 0 else math.inf,
+                val_psnr=run.val_psnr,
+                event=event,
+            )
+        )
+
+    def checkpoint(self) -> None:
+        self.run.wall_s = self.wall_base + time.perf_counter() - self.started
+        self.run.save(self.out, self.state_path)
+
+    def validate(self) -> None:
+        if self.options.val_hr is not None:
+            run = self.run
+            run.val_psnr = validate(run.ema, self.options.val_hr, self.options.scale, self.device)
+            run.history.append((run.iteration, run.val_psnr))
+            self.report("val")
+
+    def step(self) -> None:
+        """One optimiser step on a fresh batch, then the EMA update."""
+        run, options, t0 = self.run, self.options, time.perf_counter()
+        lr_batch, hr_batch = (t.to(self.device) for t in self.sampler.batch(options.batch_size, run.gen))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            sr = run.model(lr_batch)
+        loss = (sr.float() - hr_batch).abs().mean()
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        run.iteration += 1
+        # Early on the EMA would mostly remember the random init: ramp the decay up.
+        update_ema(run.ema, run.model, min(options.ema_decay, (1 + run.iteration) / (10 + run.iteration)))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise ConfigError(f"loss became {value} at iteration {run.iteration}: lower --lr (nothing saved)")
+        run.last_loss = value
+        run.loss_avg = value if run.loss_avg is None else 0.98 * run.loss_avg + 0.02 * value
+        self.step_time += time.perf_counter() - t0
+        self.iterations += 1
+        self.report("step")
+
+    def loop(self) -> None:
+        run, options = self.run, self.options
+        while run.iteration < options.iters:
+            self.step()
+            if options.val_every and run.iteration % options.val_every == 0:
+                self.validate()
+            if options.save_every and run.iteration % options.save_every == 0 and run.iteration < options.iters:
+                self.checkpoint()
+                self.report("save")
+        if options.val_hr is not None and (not run.history or run.history[-1][0] != run.iteration):
+            self.validate()
+        self.checkpoint()
+        self.report("save")
 
 
 def train(options: TrainOptions, progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
@@ -441,100 +545,13 @@ def train(options: TrainOptions, progress: Callable[[TrainProgress], None] | Non
     if options.threads:
         torch.set_num_threads(options.threads)
     device = torch.device(options.device)
-    out, state_path = Path(options.out), state_path_for(options.out)
+    _check_outputs(Path(options.out), state_path_for(options.out))
     torch.manual_seed(options.seed)
-
-    if options.resume is not None:
-        # The architecture is the resumed run's, whatever config/init say now.
-        config = _config_of_state(Path(options.resume))
-        if config.upscale != options.scale:
-            raise ConfigError(f"{options.resume} is a x{config.upscale} run, not x{options.scale}")
-        model, source = HAT(config), None
-    else:
-        model, source = build_training_model(options)
-    files = list_images(options.hr_dirs)
-    sampler = PatchSampler(files, options.scale, options.patch_size)
-    if options.val_hr is not None:
-        pair_images(options.val_hr, None, options.scale)  # fail now, not after the first val_every iterations
-
-    model.to(device).train()
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, betas=(0.9, 0.99))
-    scheduler = make_scheduler(optimizer, options)
-    gen = torch.Generator().manual_seed(options.seed)
-    run = _Run(options, model, ema, optimizer, scheduler, gen, init_source=source)
-    if options.resume is not None:
-        run.restore(Path(options.resume))
-        run.init_source = f"resumed from {options.resume}"
-
-    use_amp = device.type == "cuda"
-    session_start, session_iters, step_time = time.perf_counter(), 0, 0.0
-    wall_base = run.wall_s
-
-    def report(event: Literal["step", "val", "save"]) -> None:
-        if progress is None:
-            return
-        rate = session_iters / step_time if step_time > 0 else 0.0
-        left = options.iters - run.iteration
-        progress(
-            TrainProgress(
-                iteration=run.iteration,
-                total=options.iters,
-                loss=run.loss_avg or 0.0,
-                step_loss=run.last_loss,
-                lr=optimizer.param_groups[0]["lr"],
-                its_per_sec=rate,
-                eta_s=left / rate if rate > 0 else math.inf,
-                val_psnr=run.val_psnr,
-                event=event,
-            )
-        )
-
-    def checkpoint() -> None:
-        run.wall_s = wall_base + time.perf_counter() - session_start
-        run.save(out, state_path)
-
-    def run_validation() -> None:
-        if options.val_hr is not None:
-            run.val_psnr = validate(ema, options.val_hr, options.scale, device)
-            run.history.append((run.iteration, run.val_psnr))
-            report("val")
-
+    run, sampler = _prepare(options, device)
+    session = _Session(run, sampler, device, progress)
     try:
-        while run.iteration < options.iters:
-            t0 = time.perf_counter()
-            lr_batch, hr_batch = sampler.batch(options.batch_size, gen)
-            lr_batch, hr_batch = lr_batch.to(device), hr_batch.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                sr = model(lr_batch)
-            loss = (sr.float() - hr_batch).abs().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            run.iteration += 1
-            # Early on the EMA would mostly remember the random init: ramp the decay up.
-            update_ema(ema, model, min(options.ema_decay, (1 + run.iteration) / (10 + run.iteration)))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ConfigError(f"loss became {value} at iteration {run.iteration}: lower --lr (nothing saved)")
-            run.last_loss = value
-            run.loss_avg = value if run.loss_avg is None else 0.98 * run.loss_avg + 0.02 * value
-            step_time += time.perf_counter() - t0
-            session_iters += 1
-            report("step")
-            if options.val_every and run.iteration % options.val_every == 0:
-                run_validation()
-            if options.save_every and run.iteration % options.save_every == 0 and run.iteration < options.iters:
-                checkpoint()
-                report("save")
-        if options.val_hr is not None and (not run.history or run.history[-1][0] != run.iteration):
-            run_validation()
-        checkpoint()
-        report("save")
+        session.loop()
     except KeyboardInterrupt:
-        checkpoint()
+        session.checkpoint()
         raise
-    return TrainResult(out, state_path, run.iteration, run.val_psnr, run.wall_s, run.history)
+    return TrainResult(session.out, session.state_path, run.iteration, run.val_psnr, run.wall_s, run.history)

@@ -18,22 +18,23 @@ from PIL import Image, ImageCms
 
 from hat_cli.checkpoint import save_checkpoint
 from hat_cli.model import HAT
+from hat_cli.upscaling import UpscalerBase
 from tests.conftest import TINY_CONFIG
 
 TINY = TINY_CONFIG
 MAKE = "HatTestCam"
 
 
-class Bilinear:
+class Bilinear(UpscalerBase):
     """A stand-in upscaler with predictable colours (bilinear blends neighbours, so it would bleed)."""
 
-    scale = 2
+    scale = 2  # type: ignore[assignment]
     name = "bilinear"
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+    def upscale_tensor(self, x: torch.Tensor, progress=None) -> torch.Tensor:
         self.calls += 1
         return torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 

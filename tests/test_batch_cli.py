@@ -19,8 +19,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from hat_cli import imageio
+from hat_cli.atomic import TEMP_SUFFIX
 from hat_cli.cli import app
-from hat_cli.imageio import TEMP_SUFFIX
 from tests._batch_images import MAKE, build_tree, gradient, save_tiny_weights
 
 runner = CliRunner()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from hat_cli.atomic import TEMP_SUFFIX
 from hat_cli.batch import FileResult, Job, RunOptions, run_batch
-from hat_cli.imageio import TEMP_SUFFIX
 from tests._batch_images import Bilinear, gradient
 
 
@@ -36,7 +36,7 @@ def test_stop_finishes_the_current_file_and_reports_the_rest_as_not_started(tmp_
     options = RunOptions()
 
     class StopAfterFirst(Bilinear):
-        def upscale_tensor(self, x):
+        def upscale_tensor(self, x, progress=None):
             options.stop.set()  # as the first Ctrl-C would, while this file is in the model
             return super().upscale_tensor(x)
 
@@ -63,7 +63,7 @@ def test_a_model_error_costs_one_file(tmp_path: Path) -> None:
     class OutOfMemoryOnce(Bilinear):
         seen = 0
 
-        def upscale_tensor(self, x):
+        def upscale_tensor(self, x, progress=None):
             self.seen += 1
             if self.seen == 2:  # the second file
                 raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")

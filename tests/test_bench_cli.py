@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from hat_cli.bench import bicubic_upscale, make_lr, read_image
+from hat_cli.baseline import bicubic_upscale, make_lr
 from hat_cli.checkpoint import save_checkpoint
 from hat_cli.cli import app
+from hat_cli.imagefiles import read_rgb8 as read_image
 from hat_cli.metrics import mod_crop, psnr, ssim
 from hat_cli.model import HAT
 from tests.conftest import TINY_CONFIG

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hat_cli.bench import bicubic_model, make_lr, pair_images, read_image, run_bench
+from hat_cli.baseline import bicubic_model, make_lr
+from hat_cli.evaluation import pair_images, run_bench
+from hat_cli.imagefiles import read_rgb8 as read_image
 from hat_cli.imresize import imresize, to_uint8
 from hat_cli.metrics import mod_crop
 

@@ -11,21 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hat_cli.bench import (
+from hat_cli.baseline import bicubic_model, bicubic_upscale, make_lr
+from hat_cli.errors import ConfigError, InputImageError
+from hat_cli.evaluation import (
     BenchResult,
     ImagePair,
     ImageScore,
-    bicubic_model,
-    bicubic_upscale,
     check_pairs,
     load_pair,
-    make_lr,
     pair_images,
-    read_image,
     run_bench,
     write_csv,
 )
-from hat_cli.errors import ConfigError, InputImageError
+from hat_cli.imagefiles import read_rgb8 as read_image
 from hat_cli.metrics import mod_crop, psnr, ssim
 
 
@@ -232,7 +230,7 @@ def test_run_bench_scores_and_json_shape(hr_dir: Path) -> None:
     assert seen == [(m, n) for n in ("im0", "im1", "im2") for m in ("bicubic", "oracle")]
 
     data = json.loads(result.to_json())
-    assert list(data) == ["scale", "models"]
+    assert list(data) == ["scale", "models", "failures"] and data["failures"] == []
     assert data["scale"] == 4
     model = data["models"][0]
     assert list(model) == ["model", "mean", "images", "seconds_total", "megapixels_per_second"]

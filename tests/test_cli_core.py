@@ -113,7 +113,7 @@ def test_commands_without_a_model_do_not_import_torch() -> None:
         "from hat_cli.cli import app\n"
         "for args in (['--help'], ['models', 'list', '--json'], ['models', 'path', 'hat-tiny', '--scale', '4'], ['upscale', '--help']):\n"
         "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
-        "print('torch' in sys.modules, 'hat_cli.model.arch' in sys.modules)\n"
+        "print('torch' in sys.modules, 'hat_cli.model.hat.arch' in sys.modules)\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import zlib
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 from hat_cli import imageio
+from hat_cli.atomic import TEMP_SUFFIX, TempFiles
 from hat_cli.batch import find_inputs, upscale_picture
 from hat_cli.errors import InputImageError, OutputError
-from hat_cli.imageio import Picture, TempFiles, read_picture, write_picture
+from hat_cli.imageio import Picture, read_picture, write_picture
 from tests._batch_images import MAKE, Bilinear, build_tree, gradient, rgba_with_hidden_green, srgb_icc
 
 
@@ -195,7 +197,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path: Path) -> None:
 def test_abort_removes_files_being_written_and_refuses_new_ones(tmp_path: Path) -> None:
     temps = TempFiles()
     fd, tmp = temps.create(tmp_path / "out.png")
-    assert tmp.parent == tmp_path and tmp.name.startswith(".out.png.") and tmp.name.endswith(imageio.TEMP_SUFFIX)
+    assert tmp.parent == tmp_path and tmp.name.startswith(".out.png.") and tmp.name.endswith(TEMP_SUFFIX)
     with open(fd, "wb") as handle:
         handle.write(b"partial")
         assert tmp.exists()
@@ -239,14 +241,14 @@ def test_find_inputs_reports_unreadable_folders_and_goes_on(
     tree: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tree["rgb.png"].parent
-    real_scandir = imageio.os.scandir
+    real_scandir = os.scandir
 
     def scandir(path: Path):  # root cannot bypass permissions, so refuse one folder by hand
         if Path(path).name == "grey":
             raise PermissionError(errno.EACCES, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr("hat_cli.batch.os.scandir", scandir)
+    monkeypatch.setattr("hat_cli.imagefiles.os.scandir", scandir)
     sources, results = find_inputs([root], recursive=True)
     failed = [r for r in results if r.status == "failed"]
     assert len(failed) == 1 and failed[0].error == f"{root / 'grey'}: cannot read folder (Permission denied)"

@@ -6,16 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hat_cli.model.arch import (
+from hat_cli.model.hat.windows import (
     _WINDOW_REGIONS,
     SHIFT_MASK_VALUE,
     overlap_relative_position_index,
-    reflect_pad_to_multiple,
     relative_position_index,
     shift_mask_classes,
     window_partition,
     window_reverse,
 )
+from hat_cli.model.padding import reflect_pad_to_multiple
 
 
 def official_partition(x: torch.Tensor, ws: int) -> torch.Tensor:

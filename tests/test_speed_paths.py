@@ -21,9 +21,10 @@ from torch import nn
 
 from hat_cli.api import Upscaler, image_to_tensor
 from hat_cli.checkpoint import load_model
-from hat_cli.model import HAT, HATConfig, arch
-from hat_cli.model.arch import (
-    OCAB,
+from hat_cli.model import HAT, HATConfig, layers
+from hat_cli.model.compiled import CompiledNetwork
+from hat_cli.model.hat.arch import OCAB
+from hat_cli.model.hat.windows import (
     SHIFT_MASK_VALUE,
     overlap_relative_position_index,
     shift_mask,
@@ -32,7 +33,6 @@ from hat_cli.model.arch import (
     window_partition,
     window_reverse,
 )
-from hat_cli.model.compiled import CompiledHAT
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MANIFEST = SHARED / "fixtures" / "hat-reference" / "manifest.json"
@@ -156,9 +156,9 @@ def test_window_order_is_rolled_partition_grouped_by_mask_class(batch: int, heig
     assert set(classes.unique().tolist()) <= {0.0, SHIFT_MASK_VALUE}
 
 
-@pytest.mark.skipif(not arch.ONEDNN_LINEAR, reason="oneDNN linear op not available on this build/CPU")
+@pytest.mark.skipif(not layers.ONEDNN_LINEAR, reason="oneDNN linear op not available on this build/CPU")
 def test_onednn_linear_equals_blas_linear(monkeypatch: pytest.MonkeyPatch) -> None:
-    layer = arch.Linear(24, 40)
+    layer = layers.Linear(24, 40)
     x = torch.randn(3, 16, 24)
     with torch.inference_mode():
         assert layer.use_onednn(x)
@@ -170,7 +170,7 @@ def test_onednn_linear_equals_blas_linear(monkeypatch: pytest.MonkeyPatch) -> No
     x = torch.rand(2, 3, 12, 8)
     with torch.inference_mode():
         fast = model(x)
-        monkeypatch.setattr(arch, "ONEDNN_LINEAR", False)
+        monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)
         blas = model(x)
     torch.testing.assert_close(fast, blas, atol=1e-5, rtol=0)
 
@@ -190,8 +190,8 @@ def test_head_dim_padding_for_cuda_kernels_changes_nothing(monkeypatch: pytest.M
 
     with torch.inference_mode():
         unpadded = model(x)
-        monkeypatch.setattr(arch, "PAD_HEAD_DIM_DEVICES", {"cpu"})
-        monkeypatch.setattr(arch.F, "scaled_dot_product_attention", spy)
+        monkeypatch.setattr(layers, "PAD_HEAD_DIM_DEVICES", {"cpu"})
+        monkeypatch.setattr(layers.F, "scaled_dot_product_attention", spy)
         padded = model(x)
     assert padded_calls and set(padded_calls) == {16}
     torch.testing.assert_close(padded, unpadded, atol=1e-5, rtol=0)
@@ -221,7 +221,7 @@ def test_compiled_forward_matches_eager_and_buckets_shapes(monkeypatch: pytest.M
     )
     model = random_model(config)
     upscaler = Upscaler(model, device="cpu", precision="fp32", compile=True)
-    assert isinstance(upscaler.runner, CompiledHAT)
+    assert isinstance(upscaler.runner, CompiledNetwork)
     upscaler.runner.max_shapes = 1
     for h, w in [(13, 9), (16, 12), (5, 7)]:  # 13x9 and 16x12 share the 16x12 bucket; 5x7 runs eagerly
         x = torch.rand(1, 3, h, w)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hat_cli.api import Upscaler
+from hat_cli.atomic import TEMP_SUFFIX
 from hat_cli.cli import app
 from tests.conftest import TINY_CONFIG
 from tests.store_server import cache_files, sha256, write_registry
@@ -193,15 +195,16 @@ def test_upscale_downloads_the_model_then_runs_offline(
 
 
 def test_import_sweeps_temporary_files_of_killed_imports(cache, registry, tmp_path):
+    """A temporary left by a killed import (its lock died with it) goes; a live one (locked) stays."""
     checkpoints = cache / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    orphan, live = checkpoints / ".import-orphan.tmp", checkpoints / ".import-live.tmp"
+    orphan, live = checkpoints / f".a.pth.0badf00d{TEMP_SUFFIX}", checkpoints / f".b.pth.0c0ffee0{TEMP_SUFFIX}"
     orphan.write_bytes(b"killed mid-copy")
     live.write_bytes(b"another import, still writing")
-    an_hour_ago = os.path.getmtime(live) - 3601
-    os.utime(orphan, (an_hour_ago, an_hour_ago))
-    fetched = tmp_path / "from_drive.pth"
-    fetched.write_bytes(DATA2)
-    result = hat("models", "import", fetched, "--registry", registry)
-    assert result.exit_code == 0, result.output
-    assert not orphan.exists() and live.exists()
+    with open(live, "rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)  # as the writing process holds it
+        fetched = tmp_path / "from_drive.pth"
+        fetched.write_bytes(DATA2)
+        result = hat("models", "import", fetched, "--registry", registry)
+        assert result.exit_code == 0, result.output
+        assert not orphan.exists() and live.exists()

@@ -15,8 +15,11 @@ from torch import Tensor, nn
 from hat_cli.api import Upscaler, tensor_to_array
 from hat_cli.errors import DeviceOutOfMemory
 from hat_cli.model import HAT, HATConfig
-from hat_cli.model.arch import reflect_pad_to_multiple
+from hat_cli.model.compiled import CompiledNetwork
+from hat_cli.model.ensemble import SelfEnsemble
+from hat_cli.model.padding import reflect_pad_to_multiple
 from hat_cli.tiling import (
+    RunReport,
     TileEngine,
     array_reader,
     array_writer,
@@ -36,12 +39,23 @@ CPU = torch.device("cpu")
 # --------------------------------------------------------------------------- fake models
 
 
-class LocalNet(nn.Module):
+class FakeNetwork(nn.Module):
+    """The Network contract (hat_cli.model.contract) for the fake models below."""
+
+    scale = 2
+    size_multiple = 8
+    input_range = 1.0
+    in_channels = 3
+    per_pixel = 48_000.0
+
+    def bytes_per_input_pixel(self, dtype: torch.dtype | None = None) -> float:
+        return self.per_pixel
+
+
+class LocalNet(FakeNetwork):
     """A local operator shaped like a model: two 3x3 convs (receptive radius 2 input pixels) and a
     pixel shuffle, plus nearest upsampling of the input. (B, 3, h, w) -> (B, 3, s*h, s*w)."""
 
-    scale = 2
-    window_size = 8
     radius = 2
 
     def __init__(self) -> None:
@@ -55,7 +69,7 @@ class LocalNet(nn.Module):
         self.calls: list[tuple[int, ...]] = []
 
     def forward(self, x: Tensor) -> Tensor:
-        assert x.shape[-2] % self.window_size == 0 and x.shape[-1] % self.window_size == 0
+        assert x.shape[-2] % self.size_multiple == 0 and x.shape[-1] % self.size_multiple == 0
         self.calls.append(tuple(x.shape))
         residual = F.pixel_shuffle(self.conv2(torch.relu(self.conv1(x))), self.scale)
         return F.interpolate(x, scale_factor=self.scale, mode="nearest") + residual
@@ -65,11 +79,18 @@ def untiled(model: nn.Module, x: Tensor) -> Tensor:
     """The reference: the official recipe, (B, C, H, W) -> (B, C, sH, sW)."""
     h, w = x.shape[-2:]
     with torch.inference_mode():
-        return model(reflect_pad_to_multiple(x, model.window_size))[..., : h * model.scale, : w * model.scale]
+        return model(reflect_pad_to_multiple(x, model.size_multiple))[..., : h * model.scale, : w * model.scale]
 
 
 def run_tiled(engine: TileEngine, x: Tensor, tile: int, overlap: int | None = None, blend: str = "feather") -> Tensor:
     """(C, H, W) -> (C, sH, sW) through the engine with a float canvas."""
+    return run_tiled_report(engine, x, tile, overlap, blend)[0]
+
+
+def run_tiled_report(
+    engine: TileEngine, x: Tensor, tile: int, overlap: int | None = None, blend: str = "feather"
+) -> tuple[Tensor, RunReport]:
+    """:func:`run_tiled`, with the engine's report of the run."""
     _, h, w = x.shape
     plan = make_plan(h, w, engine.scale, engine.window, tile, overlap, blend=blend)  # type: ignore[arg-type]
     canvas = torch.full((x.shape[0], h * engine.scale, w * engine.scale), float("nan"))
@@ -77,8 +98,8 @@ def run_tiled(engine: TileEngine, x: Tensor, tile: int, overlap: int | None = No
     def write(row: int, block: Tensor) -> None:
         canvas[:, row : row + block.shape[1]] = block
 
-    engine.run(plan, lambda y0, y1, x0, x1: x[:, y0:y1, x0:x1], write)
-    return canvas
+    report = engine.run(plan, lambda y0, y1, x0, x1: x[:, y0:y1, x0:x1], write)
+    return canvas, report
 
 
 def image(h: int, w: int, seed: int = 0) -> Tensor:
@@ -224,12 +245,12 @@ def _fixture_x2() -> nn.Module:
     return load_model(path)
 
 
-class Memo(nn.Module):
+class Memo(FakeNetwork):
     """Reuses outputs for repeated tiles (feather and crop share the grid): halves test time."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.scale, self.window_size = model, model.scale, model.window_size
+        self.model, self.scale, self.size_multiple = model, model.scale, model.size_multiple
         self.cache: dict[bytes, Tensor] = {}
 
     def forward(self, x: Tensor) -> Tensor:
@@ -276,8 +297,8 @@ def test_out_of_memory_halves_the_tile_and_never_pastes_a_failed_tile() -> None:
     x = image(45, 70)
     reference = untiled(LocalNet().eval(), x[None])[0]
     engine = TileEngine(model, CPU, torch.float32)
-    out = run_tiled(engine, x, tile=32, overlap=16)
-    assert engine.oom_retries == 1 and engine.max_side == 16
+    out, report = run_tiled_report(engine, x, tile=32, overlap=16)
+    assert report.oom_retries == 1 and engine.max_side == 16 and report.smallest_tile == 16
     assert model.calls and all(max(shape[-2:]) <= 16 for shape in model.calls)  # retried at half size
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)  # nothing from the failed call
 
@@ -308,11 +329,9 @@ def test_out_of_memory_keeps_halving_then_gives_up_cleanly() -> None:
         run_tiled(hopeless, image(16, 16), tile=16)
 
 
-class NaNInHalf(nn.Module):
+class NaNInHalf(FakeNetwork):
     """Nearest upsampling (exact in any precision) that returns NaN under autocast for tiles
     containing a bright pixel, as HAT overflowing in fp16 would."""
-
-    scale, window_size = 2, 8
 
     def __init__(self) -> None:
         super().__init__()
@@ -333,7 +352,7 @@ def test_non_finite_half_precision_tiles_are_recomputed_in_fp32() -> None:
     upscaler = Upscaler(model, device="cpu", precision="bf16", tile=32, tile_overlap=16)
     out = upscaler.upscale_tensor(x[None])[0]
     stats = upscaler.last_stats
-    assert stats is not None and stats.fp32_fallbacks == 1 and model.half_calls == stats.grid[0] * stats.grid[1]
+    assert stats is not None and stats.report.fp32_fallbacks == 1 and model.half_calls == stats.grid[0] * stats.grid[1]
     assert "recomputed in fp32" in stats.describe()
     torch.testing.assert_close(out, untiled(model, x[None])[0], atol=1e-6, rtol=0)
 
@@ -404,7 +423,7 @@ def test_upscaler_validates_tile_arguments() -> None:
 
 
 class Sized(LocalNet):
-    bytes_per_input_pixel = 1000.0
+    per_pixel = 1000.0
 
 
 def test_auto_tile_is_the_largest_that_fits_the_budget() -> None:
@@ -429,14 +448,12 @@ def test_auto_tile_in_the_upscaler_tiles_under_a_small_budget() -> None:
 
 
 def test_hat_memory_model_grows_with_width_heads_and_scale() -> None:
-    from hat_cli.tiling import bytes_per_input_pixel
-
-    small = bytes_per_input_pixel(tiny_hat(scale=2))
-    x4 = bytes_per_input_pixel(tiny_hat(scale=4))
-    config = HATConfig(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, window_size=16)
-    full = bytes_per_input_pixel(type("FullHAT", (), {"config": config, "scale": 4, "window_size": 16})())
+    small = tiny_hat(scale=2).bytes_per_input_pixel()
+    x4 = tiny_hat(scale=4).bytes_per_input_pixel()
+    with torch.device("meta"):
+        full = HAT(HATConfig(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, window_size=16)).bytes_per_input_pixel()
     assert small < x4 < full
-    assert bytes_per_input_pixel(tiny_hat(), torch.bfloat16) < small
+    assert tiny_hat().bytes_per_input_pixel(torch.bfloat16) < small
 
 
 def test_cuda_choice_batches_tiles_and_keeps_the_band_in_host_memory() -> None:
@@ -466,9 +483,22 @@ def test_available_ram_falls_back_without_proc(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_plain_attention_costs_more_memory_than_fused() -> None:
-    from hat_cli.tiling import bytes_per_input_pixel
-
     fused = tiny_hat()
     plain = tiny_hat()
     plain.set_fused_attention(False)
-    assert bytes_per_input_pixel(plain) > bytes_per_input_pixel(fused)
+    assert plain.bytes_per_input_pixel() > fused.bytes_per_input_pixel()
+
+
+def test_wrappers_report_the_memory_of_what_runs() -> None:
+    """A plain-path HAT in each wrapper: the memory model (and tile choice) sees the plain path."""
+    plain = tiny_hat()
+    plain.set_fused_attention(False)
+    fused_cost, plain_cost = tiny_hat().bytes_per_input_pixel(), plain.bytes_per_input_pixel()
+    for wrapped in (SelfEnsemble(plain), CompiledNetwork(plain), SelfEnsemble(CompiledNetwork(plain))):
+        assert wrapped.bytes_per_input_pixel() == plain_cost > fused_cost
+        assert (wrapped.scale, wrapped.size_multiple, wrapped.input_range) == (plain.scale, 8, 1.0)
+    budget = int((fused_cost + plain_cost) / 2 * 64 * 64)  # the fused path fits, the plain one does not
+    fused_run = Upscaler(tiny_hat(), device="cpu", self_ensemble=True, memory_budget=budget)
+    plain_run = Upscaler(plain, device="cpu", self_ensemble=True, memory_budget=budget)
+    assert plain_run.runner.bytes_per_input_pixel() == plain_cost
+    assert fused_run.plan(64, 64)[1].tile == 0 and plain_run.plan(64, 64)[1].tile > 0

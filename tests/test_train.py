@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from hat_cli.bench import bicubic_upscale, make_lr, read_image
+from hat_cli.baseline import bicubic_upscale, make_lr
 from hat_cli.checkpoint import load_model, read_checkpoint
 from hat_cli.cli import app
 from hat_cli.errors import CheckpointError, ConfigError
+from hat_cli.imagefiles import read_rgb8 as read_image
 from hat_cli.metrics import mod_crop, psnr
 from hat_cli.registry import load_registry
 from hat_cli.train import TrainOptions, TrainProgress, parse_arch, state_path_for, train, upscale_uint8

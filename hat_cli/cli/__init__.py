@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, HatError
-from .console import err_console
+from .console import print_error, print_line
 
 
 class HatGroup(TyperGroup):
@@ -26,21 +26,17 @@ class HatGroup(TyperGroup):
         except HatError as exc:
             if debug:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted", highlight=False)
+            print_line("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors
             raise
         except Exception as exc:  # a bug, not a user error: one line, traceback on request
             if debug:
                 raise
-            err_console.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with HAT_DEBUG=1 for the traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
+            print_error(f"{type(exc).__name__}: {exc} (rerun with HAT_DEBUG=1 for the traceback)", "internal error")
             raise typer.Exit(EXIT_INTERNAL) from None
 
 

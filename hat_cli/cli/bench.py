@@ -11,12 +11,13 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
-from ..bench import BenchResult, ImagePair, ImageScore, Model, check_pairs, pair_images, run_bench, write_csv
+from ..baseline import Model
 from ..errors import EXIT_SOME_FAILED, ConfigError
-from .console import console, err_console
-from .options import DeviceOpt, JsonOpt, PrecisionOpt, RegistryOpt, SelfEnsembleOpt, TileOpt
+from ..evaluation import BenchResult, ImageScore, Pairing, pair_images, run_bench, write_csv
+from ..imageio import DEFAULT_MAX_PIXELS
+from .console import console, err_console, print_error, print_line, print_warning
+from .options import FOLDER, DeviceOpt, JsonOpt, PrecisionOpt, RegistryOpt, SelfEnsembleOpt, TileOpt, parse_tile
 from .progress import counter_bar
-from .upscale import parse_tile
 
 _ORDER_KEY = "hat.bench.model_order"
 _MODEL_PARAMS = ("model", "weights")
@@ -36,17 +37,14 @@ class ChannelChoice(StrEnum):
     rgb = "rgb"
 
 
-_FOLDER = dict(exists=True, file_okay=False, dir_okay=True, show_default=False)
-
-
 def bench(
     ctx: typer.Context,
-    hr: Annotated[Path, typer.Option("--hr", help="Ground-truth (HR) images.", **_FOLDER)],
+    hr: Annotated[Path, typer.Option("--hr", help="Ground-truth (HR) images.", **FOLDER)],
     scale: Annotated[int, typer.Option("--scale", "-s", min=1, help="Upscaling factor.", show_default=False)],
     lr: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            "--lr", help="Input (LR) images, paired by name; default: made from HR with MATLAB bicubic.", **_FOLDER
+            "--lr", help="Input (LR) images, paired by name; default: made from HR with MATLAB bicubic.", **FOLDER
         ),
     ] = None,
     model: Annotated[
@@ -93,6 +91,9 @@ def bench(
             "--csv", help="Write scale,model,image,psnr,ssim,seconds rows to FILE.", dir_okay=False, show_default=False
         ),
     ] = None,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Refuse images larger than this (as hat upscale).")
+    ] = DEFAULT_MAX_PIXELS,
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -105,7 +106,25 @@ def bench(
     if not specs:
         raise ConfigError("name a model to score: --model NAME, --model bicubic or --weights FILE (repeatable)")
     tile_size = parse_tile(tile)
+    pairing = _pairing(hr, lr, scale)
+    models = _load_models(specs, scale, registry, device, precision, 0 if tile_size == "auto" else tile_size, self_ensemble)
+    result = _run(pairing, scale, models, crop_border, channel.value, save_sr, max_pixels)
+    if result.models[0].images:
+        if csv_path is not None:
+            write_csv(result, csv_path)
+        if as_json:
+            typer.echo(result.to_json())
+        else:
+            _print_result(result, hr, crop_border, channel.value)
+    for failure in result.failures:
+        print_error(failure.error)
+    if result.failures:
+        print_line(f"{len(result.failures)} of {len(pairing.pairs)} image pair(s) could not be scored")
+        raise typer.Exit(EXIT_SOME_FAILED)
 
+
+def _pairing(hr: Path, lr: Path | None, scale: int) -> Pairing:
+    """HR/LR pairs; unpaired files are warned about and skipped, no pairs at all is an error."""
     pairing = pair_images(hr, lr, scale)
     if pairing.unpaired_hr:
         _warn(f"{len(pairing.unpaired_hr)} HR image(s) without an LR image, skipped", pairing.unpaired_hr)
@@ -115,10 +134,19 @@ def bench(
         raise ConfigError(f"no images in {hr}")
     if not pairing.pairs:
         raise ConfigError(f"no image pairs in {hr} and {lr}: LR names must be HR names plus a suffix like _x{scale}")
-    pairs, failures = check_pairs(pairing, scale)
-    for failure in failures:
-        err_console.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
+    return pairing
 
+
+def _load_models(
+    specs: list[tuple[str, str | Path]],
+    scale: int,
+    registry: Path | None,
+    device: str,
+    precision: str,
+    tile: int,
+    self_ensemble: bool,
+) -> dict[str, Model]:
+    """Column name -> upscale function, in command-line order."""
     from ..api import open_upscaler  # torch: only once there is something to score
 
     models: dict[str, Model] = {}
@@ -127,7 +155,7 @@ def bench(
             registry=registry,
             device=device,
             precision=precision,
-            tile=0 if tile_size == "auto" else tile_size,
+            tile=tile,
             scale=scale,
             **{kind: value},
             self_ensemble=self_ensemble,  # the bicubic baseline ignores it
@@ -137,19 +165,8 @@ def bench(
             name = str(value)  # two files with the same name in different folders
         if name in models:
             raise ConfigError(f"model {name} is given twice")
-        models[name] = upscaler.upscale
-
-    if pairs:
-        result = _run(pairs, scale, models, crop_border, channel.value, save_sr)
-        if csv_path is not None:
-            write_csv(result, csv_path)
-        if as_json:
-            typer.echo(result.to_json())
-        else:
-            _print_result(result, hr, crop_border, channel.value)
-    if failures:
-        err_console.print(f"{len(failures)} of {len(pairing.pairs)} image pair(s) could not be scored", highlight=False)
-        raise typer.Exit(EXIT_SOME_FAILED)
+        models[name] = upscaler.upscale_array
+    return models
 
 
 def _model_specs(ctx: typer.Context, models: list[str], weights: list[Path]) -> list[tuple[str, str | Path]]:
@@ -160,26 +177,36 @@ def _model_specs(ctx: typer.Context, models: list[str], weights: list[Path]) -> 
 
 
 def _warn(message: str, paths: list[Path]) -> None:
-    names = ", ".join(p.name for p in paths)
-    err_console.print(f"[yellow]warning:[/] {message}: {names}", highlight=False, soft_wrap=True)
+    print_warning(f"{message}: {', '.join(p.name for p in paths)}")
 
 
 def _run(
-    pairs: list[ImagePair],
+    pairing: Pairing,
     scale: int,
     models: dict[str, Model],
     crop_border: int | None,
     channel: str,
     save_sr: Path | None,
+    max_pixels: int,
 ) -> BenchResult:
-    """:func:`run_bench` with a progress bar on stderr (only on a terminal)."""
+    """:func:`run_bench` over every pair (a bad pair fails alone) with a progress bar on a terminal."""
     with counter_bar(disable=not err_console.is_terminal) as bar:
-        task = bar.add_task("scoring", total=len(pairs) * len(models))
+        task = bar.add_task("scoring", total=len(pairing.pairs) * len(models))
 
         def progress(model: str, score: ImageScore) -> None:
             bar.update(task, advance=1, description=f"{model}: {score.name}")
 
-        return run_bench(pairs, scale, models, crop_border, channel, save_sr, progress=progress)  # type: ignore[arg-type]
+        return run_bench(
+            pairing,
+            scale,
+            models,
+            crop_border,
+            channel,  # type: ignore[arg-type]
+            save_sr,
+            progress=progress,
+            keep_going=True,
+            max_pixels=max_pixels,
+        )
 
 
 def _fmt(value: float, digits: int) -> str:

@@ -22,8 +22,8 @@ from ..store import (
     require_checkpoint,
     verify_checkpoint,
 )
-from .console import console, download_progress, err_console
-from .options import JsonOpt, QuietOpt, RegistryOpt
+from .console import console, download_progress, print_error
+from .options import JsonOpt, PresetScaleOpt, QuietOpt, RegistryOpt
 
 NamesArg = Annotated[
     Optional[list[str]],  # noqa: UP045
@@ -32,10 +32,6 @@ NamesArg = Annotated[
     ),
 ]
 NameArg = Annotated[str, typer.Argument(help="Preset name or alias.", metavar="NAME", show_default=False)]
-ScaleOpt = Annotated[
-    Optional[int],  # noqa: UP045
-    typer.Option("--scale", "-s", help="Pick an alias's checkpoint by scale: hat-s --scale 4."),
-]
 
 app = typer.Typer(help="List and manage model checkpoints.", no_args_is_help=True)
 
@@ -90,7 +86,7 @@ def _emit_json(rows: Any) -> None:
 def download(
     names: NamesArg = None,
     all_models: Annotated[bool, typer.Option("--all", help="Every preset of the registry.")] = False,
-    scale: ScaleOpt = None,
+    scale: PresetScaleOpt = None,
     registry: RegistryOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -112,7 +108,7 @@ def download(
                 raise
             failures.append(exc)
             rows.append({"name": preset.name, "status": "failed", "path": None, "error": str(exc)})
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(exc)
             continue
         status = "downloaded" if result.url else "cached"
         rows.append({"name": preset.name, "status": status, "path": str(result.path), "url": result.url})
@@ -125,7 +121,7 @@ def download(
 
 
 @app.command("path")
-def path(name: NameArg, scale: ScaleOpt = None, registry: RegistryOpt = None) -> None:
+def path(name: NameArg, scale: PresetScaleOpt = None, registry: RegistryOpt = None) -> None:
     """Print the local path of a checkpoint (error if it is not cached)."""
     typer.echo(str(require_checkpoint(load_registry(registry).resolve(name, scale))))
 
@@ -133,7 +129,7 @@ def path(name: NameArg, scale: ScaleOpt = None, registry: RegistryOpt = None) ->
 @app.command("verify")
 def verify(
     names: NamesArg = None,
-    scale: ScaleOpt = None,
+    scale: PresetScaleOpt = None,
     registry: RegistryOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -172,7 +168,7 @@ def import_(
         Optional[str],  # noqa: UP045
         typer.Option("--name", "-n", help="Preset it should be; default: the preset whose sha256 matches."),
     ] = None,
-    scale: ScaleOpt = None,
+    scale: PresetScaleOpt = None,
     registry: RegistryOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -189,7 +185,7 @@ def import_(
 @app.command("rm")
 def rm(
     names: Annotated[list[str], typer.Argument(help="Preset names or aliases.", metavar="NAME", show_default=False)],
-    scale: ScaleOpt = None,
+    scale: PresetScaleOpt = None,
     registry: RegistryOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import ConfigError
+
 ModelOpt = Annotated[
     Optional[str],  # noqa: UP045  (typer needs Optional at runtime on older versions)
     typer.Option("--model", "-m", help="Preset name or alias (see 'hat models list'); env HAT_MODEL."),
@@ -19,6 +21,12 @@ ScaleOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option("--scale", "-s", help="Upscaling factor (2, 3, 4); read from --weights if omitted."),
 ]
+PresetScaleOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--scale", "-s", help="Pick an alias's checkpoint by scale: hat-s --scale 4."),
+]
+# An existing folder argument (--hr, --lr, --val-hr).
+FOLDER = dict(exists=True, file_okay=False, dir_okay=True, show_default=False)
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N] | mps.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16.")]
 TileOpt = Annotated[
@@ -59,3 +67,16 @@ OfflineOpt = Annotated[
     bool,
     typer.Option("--offline", help="Never touch the network: fail if the checkpoint is not cached; env HAT_OFFLINE=1."),
 ]
+
+
+def parse_tile(value: str) -> int | str:
+    """``--tile``: ``auto``, or a size in input pixels (0 = whole image)."""
+    if value == "auto":
+        return value
+    try:
+        tile = int(value)
+    except ValueError:
+        tile = -1
+    if tile < 0:
+        raise ConfigError(f"--tile {value!r}: use auto, 0 (whole image) or a positive size in pixels")
+    return tile

@@ -1,10 +1,13 @@
-"""Tile progress for ``hat upscale`` (stderr; only for images with more than one tile)."""
+"""Progress displays (all on stderr): the counter bars of upscale/bench, tile progress, and the
+byte bars of checkpoint downloads."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 from rich.console import Console
 from rich.progress import (
@@ -17,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..store import DownloadProgress
 from .console import err_console
 
 
@@ -77,3 +81,36 @@ def tile_progress(label: str, enabled: bool = True, bar: Progress | None = None)
         yield callback
     finally:
         callback.close()
+
+
+class TqdmProgress:
+    """A :data:`ProgressCallback` drawing one tqdm bar per file (bytes, speed, ETA)."""
+
+    def __init__(self, file: IO[str] | None = None) -> None:
+        self.file = file
+        self._bars: dict[str, object] = {}
+
+    def __call__(self, event: DownloadProgress) -> None:
+        from tqdm import tqdm
+
+        bar = self._bars.get(event.name)
+        if bar is None and event.finished:
+            return  # every mirror failed before the first byte: no bar to close
+        if bar is None:
+            bar = self._bars[event.name] = tqdm(
+                total=event.total,
+                initial=event.done,
+                desc=event.name,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self.file or sys.stderr,
+                dynamic_ncols=True,
+            )
+        assert isinstance(bar, tqdm)
+        if event.done < bar.n:  # restarted from zero (server ignored Range, or another mirror)
+            bar.reset(total=event.total)
+        bar.update(event.done - bar.n)
+        if event.finished:
+            bar.close()
+            del self._bars[event.name]

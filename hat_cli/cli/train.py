@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import ConfigError
-from .console import console, err_console
-from .options import DeviceOpt, QuietOpt
 
-_FOLDER = dict(exists=True, file_okay=False, dir_okay=True, show_default=False)
+if TYPE_CHECKING:
+    from ..train import TrainProgress
+from .console import err_console, print_line
+from .options import FOLDER, DeviceOpt, QuietOpt
+
 DEFAULT_ARCH = "hat-tiny"
 
 
@@ -27,7 +30,7 @@ def _eta(seconds: float) -> str:
 
 def train(
     hr: Annotated[
-        list[Path], typer.Option("--hr", help="Folder of HR training images; repeat for several.", **_FOLDER)
+        list[Path], typer.Option("--hr", help="Folder of HR training images; repeat for several.", **FOLDER)
     ],
     out: Annotated[
         Path,
@@ -67,7 +70,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, patch sampling and augmentation.")] = 0,
     val_hr: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--val-hr", help="HR folder for validation PSNR (Y, as 'hat bench').", **_FOLDER),
+        typer.Option("--val-hr", help="HR folder for validation PSNR (Y, as 'hat bench').", **FOLDER),
     ] = None,
     val_every: Annotated[
         int, typer.Option("--val-every", min=0, help="Validate every N iterations (0: end only).")
@@ -89,7 +92,7 @@ def train(
     Writes --out (official params_ema/params layout, loadable by every hat command) and, next to it, <stem>.state.pth to resume. Ctrl-C saves both before exiting.
     """
     from ..api import resolve_device  # torch and the trainer load only when the command runs
-    from ..train import TrainOptions, TrainProgress, parse_arch, state_path_for
+    from ..train import TrainOptions, parse_arch, state_path_for
     from ..train import train as run_training
 
     if schedule not in ("cosine", "step"):
@@ -118,6 +121,24 @@ def train(
         device=str(resolve_device(device)),
         threads=threads,
     )
+    progress, on_progress = _display(iters, quiet)
+    try:
+        with progress:
+            result = run_training(options, on_progress)
+    except KeyboardInterrupt:
+        print_line(f"saved {out} and {state_path_for(out)}; continue with the same command plus --resume {state_path_for(out)}")
+        raise
+    if not quiet:
+        psnr = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.3f} dB"
+        print_line(
+            f"wrote {result.out} ({result.iterations} iterations, {result.wall_s / 60:.1f} min{psnr}); "
+            f"resume state {result.state}",
+            err=False,
+        )
+
+
+def _display(iters: int, quiet: bool) -> tuple[Progress, Callable[[TrainProgress], None]]:
+    """The live bar (a terminal) or one status line per checkpoint (a log), and its callback."""
     progress = Progress(
         TextColumn("[bold]train"),
         BarColumn(),
@@ -152,21 +173,4 @@ def train(
                 highlight=False,
             )
 
-    try:
-        with progress:
-            result = run_training(options, on_progress)
-    except KeyboardInterrupt:
-        err_console.print(
-            f"saved {out} and {state_path_for(out)}; continue with the same command plus --resume {state_path_for(out)}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise
-    if not quiet:
-        psnr = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.3f} dB"
-        console.print(
-            f"wrote {result.out} ({result.iterations} iterations, {result.wall_s / 60:.1f} min{psnr}); "
-            f"resume state {result.state}",
-            highlight=False,
-            soft_wrap=True,
-        )
+    return progress, on_progress

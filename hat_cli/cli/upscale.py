@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.progress import Progress
 
 from ..batch import (
@@ -39,7 +38,8 @@ from ..batch import (
 )
 from ..errors import ConfigError
 from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix
-from .console import console, download_progress, err_console
+from ..upscaling import UpscalerBase
+from .console import console, download_progress, err_console, print_error, print_line
 from .options import (
     CompileOpt,
     ConvScaleOpt,
@@ -57,20 +57,9 @@ from .options import (
     TileOverlapOpt,
     VerboseOpt,
     WeightsOpt,
+    parse_tile,
 )
 from .progress import TileProgress, counter_bar
-
-
-def parse_tile(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        tile = int(value)
-    except ValueError:
-        tile = -1
-    if tile < 0:
-        raise ConfigError(f"--tile {value!r}: use auto, 0 (whole image) or a positive size in pixels")
-    return tile
 
 
 class Reporter:
@@ -92,7 +81,7 @@ class Reporter:
                 sys.stdout.write(json.dumps(result.to_json()) + "\n")
                 sys.stdout.flush()
             if result.status == "failed":
-                err_console.print(f"[bold red]error:[/] {escape(result.error or '')}", highlight=False, soft_wrap=True)
+                print_error(result.error or "")
             elif not (self.quiet or self.as_json):
                 self._line(result)
             if self.progress is not None and self.task is not None and result.status in ("done", "failed"):
@@ -130,7 +119,7 @@ class Reporter:
         line = ", ".join(parts) + f" in {summary.seconds:.1f}s"
         if summary.interrupted:
             line += f"; interrupted, {summary.not_started} not started"
-        err_console.print(line, highlight=False, soft_wrap=True)
+        print_line(line)
 
 
 @contextmanager
@@ -152,12 +141,6 @@ def graceful_interrupt(stop: threading.Event) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _progress(enabled: bool) -> Progress | None:
-    if not enabled:
-        return None
-    return counter_bar(eta=True, console=err_console)
 
 
 def upscale(
@@ -230,40 +213,19 @@ def upscale(
     tile_size = parse_tile(tile)
     if alpha not in ("bicubic", "model"):
         raise ConfigError(f"--alpha {alpha!r}: use bicubic or model")
-    paths = list(inputs or [])
-    if from_list is not None:
-        paths += _read_from_list(from_list)
-    if not paths:
-        raise ConfigError("no inputs: give image files or folders, or --from-list FILE")
-    if output is not None and output.exists() and not output.is_dir() and len(paths) > 1:
-        raise ConfigError(f"-o {output}: is a file; with several inputs, -o must be a folder")
-    output_is_file = (
-        output is not None
-        and len(paths) == 1
-        and not paths[0].is_dir()
-        and not output.is_dir()
-        and format_for_suffix(output.suffix) is not None
-    )
-    plan = OutputPlan(
-        output=output,
-        name=name,
-        format=output_format,  # type: ignore[arg-type]  (checked by OutputPlan)
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-        output_is_file=output_is_file,
-    )
-    sources, found = find_inputs(paths, recursive, glob, exclude=None if output_is_file else output)
+    paths = _input_paths(inputs, from_list)
+    plan = _output_plan(output, paths, name, output_format, overwrite, skip_existing)
+    sources, found = find_inputs(paths, recursive, glob, exclude=None if plan.output_is_file else output)
 
-    stop = threading.Event()
     show_progress = not (quiet or as_json or dry_run) and err_console.is_terminal
-    progress = _progress(show_progress)
+    progress = counter_bar(eta=True, console=err_console) if show_progress else None
     reporter = Reporter(as_json, quiet, progress)
     for result in found:
         reporter(result)
 
     not_started = 0
     if sources:  # the model loads once, and only when there is something to upscale
-        from ..api import Upscaler, open_upscaler  # torch: only when a model runs (fast --help/--dry-run)
+        from ..api import open_upscaler  # torch: only when a model runs (fast --help/--dry-run)
 
         upscaler = open_upscaler(
             model=model,
@@ -281,33 +243,83 @@ def upscale(
             offline=offline,
             progress=download_progress(quiet or as_json),
         )
-        if isinstance(upscaler, Upscaler):  # not the bicubic baseline: tiles to report
-            upscaler.progress = TileProgress("tiles", bar=progress) if progress is not None else None
-            if verbose:
-                upscaler.on_stats = lambda stats: err_console.print(
-                    f"{reporter.current}: {stats.describe()}", highlight=False, soft_wrap=True
-                )
-        plan.model = reporter.summary.model = upscaler.name
-        reporter.summary.scale = upscaler.scale
-        jobs, planned = plan_jobs(sources, upscaler.scale, plan)
-        for result in planned:
-            reporter(result)
-        if dry_run:
-            for job in jobs:
-                reporter(FileResult(job.source, job.output, "planned"))
-        elif jobs:
-            options = RunOptions(max_pixels=max_pixels, alpha=alpha, quality=quality, overwrite=overwrite, stop=stop)  # type: ignore[arg-type]
-            if progress is not None and reporter.task is not None:
-                progress.update(reporter.task, total=len(jobs))
-            with graceful_interrupt(stop), progress if progress is not None else nullcontext():
-                not_started = run_batch(upscaler, jobs, reporter, options, on_start=reporter.starting)
+        _attach(upscaler, reporter, progress, verbose)
+        options = RunOptions(max_pixels=max_pixels, alpha=alpha, quality=quality, overwrite=overwrite)  # type: ignore[arg-type]
+        not_started = _run(upscaler, sources, plan, options, reporter, progress, dry_run)
     elif not found and not quiet:
-        err_console.print("no images found", highlight=False)
+        print_line("no images found")
 
     reporter.summary.not_started = not_started
     reporter.summary.seconds = time.perf_counter() - started
     reporter.finish(dry_run)
     raise typer.Exit(reporter.summary.exit_code)
+
+
+def _input_paths(inputs: list[Path] | None, from_list: Path | None) -> list[Path]:
+    paths = list(inputs or [])
+    if from_list is not None:
+        paths += _read_from_list(from_list)
+    if not paths:
+        raise ConfigError("no inputs: give image files or folders, or --from-list FILE")
+    return paths
+
+
+def _output_plan(
+    output: Path | None, paths: list[Path], name: str, output_format: str, overwrite: bool, skip_existing: bool
+) -> OutputPlan:
+    """Where outputs go: ``-o`` is a file only for one input file and a name with an image extension."""
+    if output is not None and output.exists() and not output.is_dir() and len(paths) > 1:
+        raise ConfigError(f"-o {output}: is a file; with several inputs, -o must be a folder")
+    output_is_file = (
+        output is not None
+        and len(paths) == 1
+        and not paths[0].is_dir()
+        and not output.is_dir()
+        and format_for_suffix(output.suffix) is not None
+    )
+    return OutputPlan(
+        output=output,
+        name=name,
+        format=output_format,  # type: ignore[arg-type]  (checked by OutputPlan)
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        output_is_file=output_is_file,
+    )
+
+
+def _attach(upscaler: UpscalerBase, reporter: Reporter, progress: Progress | None, verbose: bool) -> None:
+    """Tile progress into the files bar, and --verbose's per-image line."""
+    upscaler.progress = TileProgress("tiles", bar=progress) if progress is not None else None
+    if verbose:
+        upscaler.on_stats = lambda stats: print_line(f"{reporter.current}: {stats.describe()}")
+    reporter.summary.model = upscaler.name
+    reporter.summary.scale = upscaler.scale
+
+
+def _run(
+    upscaler: UpscalerBase,
+    sources: list,
+    plan: OutputPlan,
+    options: RunOptions,
+    reporter: Reporter,
+    progress: Progress | None,
+    dry_run: bool,
+) -> int:
+    """Plan the outputs, then upscale (or list them); returns how many files were not started."""
+    plan.model = upscaler.name
+    jobs, planned = plan_jobs(sources, upscaler.scale, plan)
+    for result in planned:
+        reporter(result)
+    if dry_run:
+        for job in jobs:
+            reporter(FileResult(job.source, job.output, "planned"))
+        return 0
+    if not jobs:
+        return 0
+    if progress is not None and reporter.task is not None:
+        progress.update(reporter.task, total=len(jobs))
+    with graceful_interrupt(options.stop), progress if progress is not None else nullcontext():
+        return run_batch(upscaler, jobs, reporter, options, on_start=reporter.starting)
 
 
 def _read_from_list(path: Path) -> list[Path]:

@@ -94,13 +94,14 @@ class Family(Protocol):
 
     name: str  # "hat", "han", "rcan": the `arch` of a registry family table
     title: str  # for messages: "HAT"
+    config_type: type[ModelConfig]  # its HIDDEN names say which values shapes cannot show
 
     def matches(self, state: Mapping[str, Tensor]) -> bool: ...
 
     def detect(self, state: Mapping[str, Tensor], hidden: Mapping[str, Any]) -> ModelConfig: ...
 
     def config_from_dict(self, data: Mapping[str, Any]) -> ModelConfig:
-        """A config from registry/TOML keywords (unknown keys are an error)."""
+        """A config from registry/TOML keywords, ``scale`` included (unknown keys: ValueError)."""
         ...
 
     def build(self, config: ModelConfig) -> nn.Module: ...

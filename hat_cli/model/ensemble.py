@@ -17,8 +17,8 @@ DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((turns, flip) for flip in (False,
 
 
 class SelfEnsemble(ModelWrapper):
-    """Callable like ``HAT`` (same ``scale``, ``window_size``, ``config``): the mean over the
-    eight transforms of ``inverse(inner(transform(x)))``; ``inner`` is a HAT or a wrapper."""
+    """A network wrapper: the mean over the eight transforms of ``inverse(inner(transform(x)))``;
+    ``inner`` is a network or another wrapper. Square turns keep size multiples."""
 
     def __call__(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, sH, sW) float32. Turning a window-multiple input keeps it one."""

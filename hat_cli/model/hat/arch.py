@@ -19,276 +19,35 @@ Differences from the official code, none of which changes the result:
 - inputs of any size are reflect-padded bottom/right to a window multiple and the output cropped
   (the official test recipe), so ``model(x)`` works on any image.
 
-This module imports only torch and einops.
+The windows live in :mod:`.windows`, generic layers (SDPA, oneDNN Linear, bias cache) in
+:mod:`hat_cli.model.layers`. This module imports only torch and einops.
 """
 
 from __future__ import annotations
 
 import math
-import platform
-from functools import cache, lru_cache
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..contract import values_to_bytes
+from ..layers import BiasCache, Linear, add_residual, attend, cached
+from ..padding import reflect_pad_to_multiple
 from .config import HATConfig
-from .contract import values_to_bytes
-from .padding import reflect_pad_to_multiple
+from .windows import (
+    WindowGroup,
+    overlap_relative_position_index,
+    relative_position_index,
+    shift_mask,
+    shift_mask_classes,
+    window_order,
+    window_partition,
+    window_reverse,
+)
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the official models subtract
-SHIFT_MASK_VALUE = -100.0  # official value (not -inf): keeps softmax of fully masked rows finite
-
-
-def _compiling() -> bool:
-    """True while torch.compile traces (torch >= 2.3 API, with the older private one as fallback)."""
-    check = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
-    return bool(check())
-
-
-def _cpu_autocast() -> bool:
-    """Whether CPU autocast is on (``is_autocast_enabled(device)`` exists from torch 2.4)."""
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:
-        return torch.is_autocast_cpu_enabled()
-
-
-def _cached(fn, *args):
-    """``fn(*args)`` through its functools cache in eager mode; under torch.compile the cache (a
-    Python side effect dynamo cannot trace) is skipped and the tensors are built in the graph."""
-    return fn.__wrapped__(*args) if _compiling() else fn(*args)
-
-
-# --------------------------------------------------------------------------- window helpers
-
-
-def window_partition(x: Tensor, window_size: int) -> Tensor:
-    """(B, H, W, C) -> (B*nW, ws*ws, C), windows in row-major order."""
-    return rearrange(x, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=window_size, ww=window_size)
-
-
-def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -> Tensor:
-    """(B*nW, ws*ws, C) -> (B, H, W, C); inverse of :func:`window_partition`."""
-    return rearrange(
-        windows,
-        "(b nh nw) (wh ww) c -> b (nh wh) (nw ww) c",
-        nh=height // window_size,
-        nw=width // window_size,
-        wh=window_size,
-    )
-
-
-def _grid(size: int) -> Tensor:
-    """(2, size*size) row/column coordinates of a size x size window, row-major."""
-    # Explicit CPU device: these tables are cached, so they must not inherit a default-device context.
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(size, device="cpu"), torch.arange(size, device="cpu"), indexing="ij")
-    )
-    return coords.flatten(1)
-
-
-@cache
-def relative_position_index(window_size: int) -> Tensor:
-    """(ws*ws, ws*ws) index into a ((2ws-1)^2, heads) bias table, as the official ``rpi_sa``."""
-    coords = _grid(window_size)
-    rel = coords[:, :, None] - coords[:, None, :] + (window_size - 1)  # 2, N, N in [0, 2ws-2]
-    return rel[0] * (2 * window_size - 1) + rel[1]
-
-
-@cache
-def overlap_relative_position_index(window_size: int, overlap_window_size: int) -> Tensor:
-    """(ws*ws, ows*ows) index into OCAB's ((ws+ows-1)^2, heads) table, as the official ``rpi_oca``.
-
-    The official offset makes some row indices negative; PyTorch indexing wraps them around the
-    table, so the same wrap is applied here explicitly (``% table_size``) to stay bit-exact.
-    """
-    ws, ows = window_size, overlap_window_size
-    rel = _grid(ows)[:, None, :] - _grid(ws)[:, :, None] + (ws - ows + 1)  # 2, ws*ws, ows*ows
-    side = ws + ows - 1
-    return (rel[0] * side + rel[1]) % (side * side)
-
-
-def shift_mask(
-    height: int, width: int, window_size: int, shift_size: int, device: torch.device | str = "cpu"
-) -> Tensor:
-    """(nW, N, N) additive mask of every window of a cyclically shifted image, as the official
-    ``calculate_mask`` (windows row-major). Used by the reference path; the fast path needs only
-    :func:`shift_mask_classes`."""
-    labels = torch.zeros(height, width, device=device)
-    regions = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    for i, rows in enumerate(regions):
-        for j, cols in enumerate(regions):
-            labels[rows, cols] = 3 * i + j
-    windows = window_partition(labels[None, :, :, None], window_size).squeeze(-1)  # nW, N
-    differs = windows[:, None, :] != windows[:, :, None]
-    return torch.zeros(differs.shape, device=device).masked_fill(differs, SHIFT_MASK_VALUE)
-
-
-@cache
-def shift_mask_classes(window_size: int, shift_size: int, device: torch.device | str = "cpu") -> Tensor:
-    """(4, N, N) additive masks for shifted windows: [interior, right column, bottom row, corner].
-
-    Built with the official labelling on a 2x2-window image, whose four windows are exactly one
-    of each class; every window of a larger image shares the mask of its class.
-    """
-    return shift_mask(2 * window_size, 2 * window_size, window_size, shift_size, device)
-
-
-# (rows, columns, class) of the window grid; see shift_mask_classes.
-_WINDOW_REGIONS = (
-    (slice(0, -1), slice(0, -1), 0),
-    (slice(0, -1), slice(-1, None), 1),
-    (slice(-1, None), slice(0, -1), 2),
-    (slice(-1, None), slice(-1, None), 3),
-)
-
-# (first window, stop window, shift-mask class or None) of a run of windows sharing one mask.
-WindowGroup = tuple[int, int, int | None]
-
-
-@lru_cache(maxsize=64)
-def window_order(
-    height: int, width: int, window_size: int, shift_size: int, batch: int, device: torch.device
-) -> tuple[Tensor, Tensor, tuple[WindowGroup, ...]]:
-    """Gather indices that turn (B, H, W, C) features into (shifted) windows and back, in one copy.
-
-    Returns ``(index, inverse, groups)`` for features flattened to (B*H*W, C) rows:
-    ``rows[index]`` is (nW*B*N, C) window tokens, and ``windows[inverse]`` restores the rows.
-    The cyclic shift is folded into ``index`` (no ``torch.roll``). Windows are grouped by shift-mask
-    class (:data:`_WINDOW_REGIONS` order, row-major inside a class) and ordered window-major,
-    batch-minor, so each class is one contiguous slice of the window batch for any B: attention
-    runs once per class on a view, with one shared mask, instead of on copied sub-grids.
-    """
-    ws = window_size
-    grid = torch.arange(height * width, device=device).view(height, width)
-    if shift_size:
-        grid = grid.roll((-shift_size, -shift_size), dims=(0, 1))
-    grid = rearrange(grid, "(nh wh) (nw ww) -> nh nw (wh ww)", wh=ws, ww=ws)
-    regions = _WINDOW_REGIONS if shift_size else ((slice(None), slice(None), None),)
-    parts: list[Tensor] = []
-    groups: list[WindowGroup] = []
-    start = 0
-    for rows, cols, shift_class in regions:
-        part = grid[rows, cols].reshape(-1, ws * ws)
-        if part.numel():
-            parts.append(part)
-            groups.append((start * batch, (start + len(part)) * batch, shift_class))
-            start += len(part)
-    windows = torch.cat(parts)  # nW, N: spatial position of each token
-    offsets = torch.arange(batch, device=device) * (height * width)
-    index = rearrange(windows[:, None, :] + offsets[None, :, None], "nw b n -> (nw b n)")
-    inverse = torch.empty_like(index)
-    inverse[index] = torch.arange(index.numel(), device=device)
-    return index, inverse, tuple(groups)
-
-
-# Devices whose fused attention kernels need a head dim that is a multiple of 8 (CUDA's
-# memory-efficient and cuDNN kernels; HAT and HAT-L have 30). Without padding, SDPA falls back
-# to its unfused math path there. CPU's flash kernel takes any head dim.
-PAD_HEAD_DIM_DEVICES = {"cuda"}
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, fused: bool) -> Tensor:
-    """Scaled dot-product attention with an additive mask.
-
-    q: (B, heads, Nq, d), k/v: (B, heads, Nk, d), mask: (heads, Nq, Nk) or broadcastable to
-    (B, heads, Nq, Nk). ``fused`` picks PyTorch's SDPA kernels; otherwise the official plain math.
-    """
-    if not fused:
-        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + mask
-        return scores.softmax(dim=-1) @ v
-    # A 4-D mask is what lets CPU pick its flash kernel; with a 3-D one SDPA silently falls back
-    # to the unfused math path (plus a NaN-guarding "safe" softmax), about 3.5x slower.
-    mask = mask if mask.dim() == 4 else mask[None]
-    head_dim = q.shape[-1]
-    pad = -head_dim % 8 if q.device.type in PAD_HEAD_DIM_DEVICES else 0
-    if pad:  # zero lanes add nothing to q.k and give zero output lanes, cut off below
-        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=head_dim**-0.5)
-    return out[..., :head_dim] if pad else out
-
-
-def add_residual(out: Tensor, shortcut: Tensor) -> Tensor:
-    """``shortcut + out``, written into ``out`` (a fresh layer output: no extra buffer) unless
-    that would lose precision, as under autocast (bf16 ``out``, fp32 residual stream)."""
-    if out.dtype == torch.promote_types(out.dtype, shortcut.dtype):
-        return out.add_(shortcut)
-    return shortcut + out
-
-
-class _BiasCache:
-    """Caches ``table[index]`` (heads, Nq, Nk) per dtype/device/table version for inference.
-
-    The table's ``_version`` changes on every in-place update (``load_state_dict``, optimiser
-    steps), so a cached bias can never be stale; while gradients flow it is always rebuilt.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple, Tensor] = {}
-
-    def get(
-        self,
-        table: Tensor,
-        index: Tensor,
-        shape: tuple[int, int],
-        extra: Tensor | None = None,
-        extra_key: int = -1,
-        dtype: torch.dtype | None = None,
-    ) -> Tensor:
-        dtype = dtype or table.dtype
-
-        def build() -> Tensor:
-            bias = rearrange(table[index.reshape(-1)], "(q k) h -> h q k", q=shape[0], k=shape[1])
-            if extra is not None:
-                bias = bias + extra.to(bias)
-            return bias.to(dtype).contiguous()  # kernels copy strided masks on every call
-
-        if _compiling() or (torch.is_grad_enabled() and table.requires_grad):
-            return build()
-        key = (extra_key, dtype, table.device, table._version)
-        if key not in self._entries:
-            self._entries = {k: v for k, v in self._entries.items() if k[3] == table._version}
-            self._entries[key] = build()
-        return self._entries[key]
-
-
-# --------------------------------------------------------------------------- blocks
-
-# CPU inference runs Linear layers through oneDNN (which PyTorch already uses for convolutions)
-# instead of the BLAS: MKL picks its AVX2 kernels on AMD CPUs, oneDNN its AVX-512 ones, about 2x
-# the GEMM rate there (90 -> 200 GFLOP/s per core on the EPYC this was measured on). Results
-# are identical (same summation order, checked bit for bit). Set to False to compare.
-ONEDNN_LINEAR = (
-    platform.machine().lower() in ("x86_64", "amd64")
-    and torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters) whose fp32 CPU inference goes through oneDNN."""
-
-    def use_onednn(self, x: Tensor) -> bool:
-        """oneDNN's op has no autograd and ignores autocast: eager fp32 CPU inference only."""
-        return (
-            ONEDNN_LINEAR
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32 == self.weight.dtype
-            and not torch.is_grad_enabled()
-            and not _cpu_autocast()
-            and not _compiling()
-        )
-
-    def onednn(self, x: Tensor, post_op: str = "none") -> Tensor:
-        """(..., in) -> (..., out) with an optional fused ``"gelu"`` (exact erf GELU)."""
-        algorithm = "none" if post_op == "gelu" else ""
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, post_op, [], algorithm)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.onednn(x) if self.use_onednn(x) else F.linear(x, self.weight, self.bias)
-
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
@@ -352,20 +111,20 @@ class WindowAttention(nn.Module):
         self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = Linear(dim, dim)
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self._bias = _BiasCache()
+        self._bias = BiasCache()
 
     def _mask(self, dtype: torch.dtype, shift_class: int | None) -> Tensor:
         n = self.window_size**2
         extra = None
         if shift_class is not None:
             device = self.relative_position_index.device
-            extra = _cached(shift_mask_classes, self.window_size, self.window_size // 2, device)[shift_class]
+            extra = cached(shift_mask_classes, self.window_size, self.window_size // 2, device)[shift_class]
         return self._bias.get(
             self.relative_position_bias_table,
             self.relative_position_index,
             (n, n),
             extra=extra,
-            extra_key=-1 if shift_class is None else shift_class,
+            variant=-1 if shift_class is None else shift_class,
             dtype=dtype,
         )
 
@@ -416,7 +175,7 @@ class HAB(nn.Module):
         # permute gives a channels-last NCHW view: convolutions run on it without a copy.
         conv_x = self.conv_block(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         if self.attn.fused:
-            index, inverse, groups = _cached(
+            index, inverse, groups = cached(
                 window_order, height, width, self.attn.window_size, self.shift_size, batch, x.device
             )
             windows = y.reshape(-1, c).index_select(0, index).view(-1, self.attn.window_size**2, c)
@@ -456,13 +215,13 @@ class OCAB(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, config.mlp_hidden)
         self.register_buffer("relative_position_index", overlap_relative_position_index(ws, ows), persistent=False)
-        self._bias = _BiasCache()
+        self._bias = BiasCache()
 
     def forward(self, x: Tensor) -> Tensor:
         ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
         batch, height, width, c = x.shape
         qkv = self.qkv(self.norm1(x))  # B, H, W, 3C
-        index, inverse, _ = _cached(window_order, height, width, ws, 0, batch, x.device)
+        index, inverse, _ = cached(window_order, height, width, ws, 0, batch, x.device)
         # Queries gathered straight into window order (nW*B windows, window-major like k/v below).
         q = qkv.view(-1, 3 * c)[:, :c].index_select(0, index)
         q = rearrange(q, "(w n) (heads d) -> w heads n d", n=ws * ws, heads=heads)

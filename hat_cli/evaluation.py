@@ -1,11 +1,13 @@
-"""Benchmark super-resolution models against ground-truth folders, scored like the HAT paper.
+"""Evaluation: score super-resolution models against ground-truth folders, like the HAT paper.
 
-Library half of ``hat bench``: no CLI or terminal code here.
+Library half of ``hat bench``: pairing HR and LR files, loading pairs, scoring, results, CSV.
+No CLI or terminal code here. Benchmark inputs and the bicubic baseline are in
+:mod:`hat_cli.baseline`; folders are walked and images read by :mod:`hat_cli.imagefiles`.
 
 Pairing HR (ground truth) and LR (input) files
 ----------------------------------------------
-Files are matched by name, case-insensitively, ignoring the extension (``.png .jpg .jpeg .bmp
-.tif .tiff .webp``; hidden files are skipped):
+Files are matched by name, case-insensitively, ignoring the extension (any image format hat reads;
+hidden files are skipped):
 
 1. identical stems pair first (``baby.png`` <-> ``baby.png``);
 2. otherwise both stems are reduced to a key by repeatedly removing known trailing suffixes, and
@@ -20,7 +22,8 @@ paired for an x4 run. HR files whose key is shared with another HR file only pai
 stem. Every HR and LR file is used at most once; the rest are reported as unpaired.
 
 A pair's ``name`` (used in results and for saved SR files) is the HR stem without its ``_HR``/
-``_GT``/``_SRF_<scale>`` suffixes (``img_001``), or the full stem if that would not be unique.
+``_GT``/``_SRF_<scale>`` suffixes (``img_001``), or the full stem if that would not be unique, or
+the file name when two files share a stem (``a.png``, ``a.jpg``).
 
 Without an LR folder the inputs are generated the way the benchmark files were: HR is cropped to
 a multiple of ``scale`` (bottom/right) and shrunk with MATLAB's bicubic ``imresize`` rounded to
@@ -29,8 +32,9 @@ divided by ``scale``, else :class:`~hat_cli.errors.InputImageError` names the pa
 
 Images and models
 -----------------
-Images are read with Pillow. RGB, palette, RGBA (alpha dropped) and CMYK become ``HxWx3`` uint8;
-8-bit grayscale (``L``, ``LA``, ``1``) stays ``HxW`` uint8. 16-bit and float images are refused.
+Images are read by :func:`hat_cli.imagefiles.read_rgb8`: RGB, palette, RGBA (alpha dropped) and CMYK
+become ``HxWx3`` uint8; 8-bit grayscale stays ``HxW`` uint8; 16-bit and float images are refused;
+the ``--max-pixels`` limit of ``hat upscale`` applies.
 
 A model is any callable taking a uint8 ``hxwx3`` RGB LR image and returning a uint8
 ``(h*scale)x(w*scale)x3`` SR image. Grayscale LR is given to models as three equal channels; when
@@ -39,7 +43,9 @@ as BasicSR's metrics treat 2-D images (no luma formula on a gray value).
 
 Scores are :func:`hat_cli.metrics.psnr` / :func:`~hat_cli.metrics.ssim` on the Y channel (or RGB)
 with ``crop_border = scale`` unless told otherwise; means are plain averages over images.
-``seconds`` times the model call only (not reading, scoring or saving).
+``seconds`` times the model call only (not reading, scoring or saving). A pair that cannot be
+read or scored fails alone: :func:`run_bench` raises it, or with ``keep_going`` records it in
+:attr:`BenchResult.failures` and scores the rest.
 """
 
 from __future__ import annotations
@@ -47,50 +53,43 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, overload
+from typing import Any, TextIO
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    import torch
-
-from hat_cli.errors import ConfigError, InputImageError, OutputError
-from hat_cli.imresize import imresize, to_uint8
-from hat_cli.metrics import Channel, mod_crop, psnr, ssim
+from .atomic import atomic_write, write_bytes
+from .baseline import Model, check_scale, make_lr
+from .errors import ConfigError, InputImageError, OutputError
+from .imagefiles import list_images, read_rgb8
+from .imageio import DEFAULT_MAX_PIXELS
+from .metrics import Channel, mod_crop, psnr, ssim
+from .pixels import to_levels
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "BenchResult",
-    "BicubicUpscaler",
     "ImagePair",
     "ImageScore",
     "MeanScores",
     "ModelResult",
+    "PairFailure",
     "Pairing",
-    "bicubic_model",
-    "bicubic_upscale",
     "check_pairs",
-    "list_images",
     "load_pair",
-    "make_lr",
     "pair_images",
-    "read_image",
     "run_bench",
     "write_csv",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-
-Model = Callable[[np.ndarray], np.ndarray]
 PathLike = str | os.PathLike[str]
 
 
@@ -113,21 +112,6 @@ class Pairing:
     pairs: list[ImagePair]
     unpaired_hr: list[Path]
     unpaired_lr: list[Path]
-
-
-def list_images(folder: PathLike) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name; :class:`ConfigError` if not a folder."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise ConfigError(f"not a folder: {path}")
-    return sorted(
-        (p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _is_image(p)),
-        key=lambda p: p.name,
-    )
-
-
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 _SEP = r"[_\-.]"
@@ -165,12 +149,15 @@ def _name_key(stem: str, scale: int, role: str) -> str:
 
 
 def _display_names(hr_files: Sequence[Path], scale: int) -> dict[Path, str]:
-    """Result names: HR stems without ``_HR``/``_SRF_<s>``, unless that would make two names equal."""
-    short = {p: _strip_suffixes(p.stem, scale, "hr") for p in hr_files}
-    counts: dict[str, int] = {}
-    for name in short.values():
-        counts[name.lower()] = counts.get(name.lower(), 0) + 1
-    return {p: name if counts[name.lower()] == 1 else p.stem for p, name in short.items()}
+    """Result names: HR stems without ``_HR``/``_SRF_<s>``; the full stem where two would be equal,
+    and the file name where two files share a stem (``a.png``, ``a.jpg``)."""
+    names = {p: _strip_suffixes(p.stem, scale, "hr") for p in hr_files}
+    for fallback in (lambda p: p.stem, lambda p: p.name):
+        counts: dict[str, int] = {}
+        for name in names.values():
+            counts[name.lower()] = counts.get(name.lower(), 0) + 1
+        names = {p: name if counts[name.lower()] == 1 else fallback(p) for p, name in names.items()}
+    return names
 
 
 def pair_images(hr_dir: PathLike, lr_dir: PathLike | None, scale: int) -> Pairing:
@@ -178,13 +165,22 @@ def pair_images(hr_dir: PathLike, lr_dir: PathLike | None, scale: int) -> Pairin
 
     With ``lr_dir=None`` every HR image becomes a pair with a generated input.
     """
-    _check_scale(scale)
+    check_scale(scale)
     hr_files = list_images(hr_dir)
     names = _display_names(hr_files, scale)
     if lr_dir is None:
         return Pairing([ImagePair(names[p], p, None) for p in hr_files], [], [])
     lr_files = list_images(lr_dir)
+    matched = _match(hr_files, lr_files, scale)
+    used_lr = set(matched.values())
+    pairs = [ImagePair(names[hr], hr, matched[hr]) for hr in hr_files if hr in matched]
+    unpaired_hr = [hr for hr in hr_files if hr not in matched]
+    unpaired_lr = [lr for lr in lr_files if lr not in used_lr]
+    return Pairing(pairs, unpaired_hr, unpaired_lr)
 
+
+def _match(hr_files: Sequence[Path], lr_files: Sequence[Path], scale: int) -> dict[Path, Path]:
+    """HR -> LR: identical stems first, then equal keys (each file used at most once)."""
     by_stem: dict[str, Path] = {}
     by_key: dict[str, list[Path]] = {}
     for hr in hr_files:
@@ -206,142 +202,44 @@ def pair_images(hr_dir: PathLike, lr_dir: PathLike | None, scale: int) -> Pairin
         if len(candidates) == 1 and candidates[0] not in matched:
             matched[candidates[0]] = lr
             used_lr.add(lr)
-
-    pairs = [ImagePair(names[hr], hr, matched[hr]) for hr in hr_files if hr in matched]
-    unpaired_hr = [hr for hr in hr_files if hr not in matched]
-    unpaired_lr = [lr for lr in lr_files if lr not in used_lr]
-    return Pairing(pairs, unpaired_hr, unpaired_lr)
+    return matched
 
 
 # --------------------------------------------------------------------------- images
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an 8-bit image: ``HxWx3`` uint8 RGB, or ``HxW`` uint8 for grayscale.
-
-    Raises :class:`InputImageError` for unreadable files and 16-bit or float images.
-    """
-    path = Path(path)
+def _image_size(path: Path, max_pixels: int) -> tuple[int, int]:
+    """``(height, width)`` from the file header, without decoding the pixels (limit checked)."""
     try:
         with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("I", "F") or mode.startswith("I;"):
-                raise InputImageError(f"{path}: {mode} images (16-bit or float) are not supported")
-            if mode in ("L", "LA", "1"):
-                return np.asarray(im.convert("L"), dtype=np.uint8)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except InputImageError:
-        raise
+            height, width = im.height, im.width
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputImageError(f"{path}: cannot read image ({exc})") from exc
+    if height * width > max_pixels:
+        raise InputImageError(
+            f"{path}: {width}x{height} exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)"
+        )
+    return height, width
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputImageError(f"{path}: cannot read image ({exc})") from exc
-
-
-def _check_scale(scale: int) -> None:
-    if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or scale < 1:
-        raise ConfigError(f"scale must be a positive integer, got {scale!r}")
-
-
-def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """Benchmark input from ground truth: MATLAB ``imresize(modcrop(hr, s), 1/s, 'bicubic')``.
-
-    ``HxW[x3]`` uint8 in, ``(H//s)x(W//s)[x3]`` uint8 out; bit-identical to the published Set5
-    (RCAN ``LRBI``) and BSD100 (SelfExSR) files.
-    """
-    _check_scale(scale)
-    cropped = mod_crop(hr, scale)
-    h, w = cropped.shape[:2]
-    if h == 0 or w == 0:
-        raise InputImageError(f"a {hr.shape[0]}x{hr.shape[1]} image is smaller than the scale {scale}")
-    small = imresize(cropped, 1.0 / scale, output_shape=(h // scale, w // scale), round_between_passes=True)
-    return to_uint8(small)
-
-
-def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    """The ``bicubic`` baseline: MATLAB ``imresize(lr, s, 'bicubic')`` on uint8.
-
-    ``hxw[x3]`` uint8 in, ``(h*s)x(w*s)[x3]`` uint8 out.
-    """
-    _check_scale(scale)
-    h, w = lr.shape[:2]
-    big = imresize(lr, float(scale), output_shape=(h * scale, w * scale), round_between_passes=True)
-    return to_uint8(big)
-
-
-def bicubic_model(scale: int) -> Model:
-    """:func:`bicubic_upscale` at a fixed scale, in the model shape :func:`run_bench` takes."""
-    _check_scale(scale)
-    return functools.partial(bicubic_upscale, scale=scale)
-
-
-class BicubicUpscaler:
-    """The ``bicubic`` baseline with the upscaler surface the CLI uses (``name``, ``scale``, ``upscale``).
-
-    What ``open_upscaler(model="bicubic", scale=s)`` returns, so ``hat upscale --model bicubic``
-    writes the exact image papers compare against (:func:`bicubic_upscale`).
-    """
-
-    name = "bicubic"
-
-    def __init__(self, scale: int) -> None:
-        _check_scale(scale)
-        self.scale = int(scale)
-
-    @overload
-    def upscale(self, image: Image.Image) -> Image.Image: ...
-    @overload
-    def upscale(self, image: np.ndarray) -> np.ndarray: ...
-
-    def upscale(self, image):
-        """PIL image (-> RGB PIL image) or ``HxW[x3]`` uint8 array (-> uint8 array)."""
-        if isinstance(image, Image.Image):
-            return Image.fromarray(bicubic_upscale(np.asarray(image.convert("RGB")), self.scale))
-        array = np.asarray(image)
-        if array.dtype != np.uint8:
-            raise ValueError(f"bicubic upscaling takes uint8 images, got {array.dtype}")
-        return bicubic_upscale(array, self.scale)
-
-    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float in [0, 1] -> (B, C, sH, sW) float64-exact bicubic, returned as float32.
-
-        The batch pipeline feeds every mode (16-bit, grey, alpha planes) through this method.
-        """
-        import torch  # the caller holds a tensor, so torch is loaded; not at import time (CLI start)
-
-        images = x.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy() * 255.0
-        levels = np.round(images)
-        if np.abs(images - levels).max(initial=0.0) < 1e-4:
-            # An 8-bit source: MATLAB's uint8 path (rounding between passes), as the papers' baseline.
-            out = np.stack([bicubic_upscale(image.astype(np.uint8), self.scale) for image in levels]) / 255.0
-        else:
-            out = np.stack([imresize(image, self.scale) for image in images]) / 255.0
-        return torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32)
-
-
-def check_pairs(pairs: Pairing | Sequence[ImagePair], scale: int) -> tuple[list[ImagePair], list[InputImageError]]:
+def check_pairs(
+    pairs: Pairing | Sequence[ImagePair], scale: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[ImagePair], list[InputImageError]]:
     """Split ``pairs`` into those that can be scored and one :class:`InputImageError` per other pair.
 
-    Reads file headers only: an unreadable HR or LR, or a given LR that is not exactly the
-    mod-cropped HR size / ``scale``, makes a pair fail. :func:`run_bench` raises the first error;
-    ``hat bench`` reports each and scores the rest.
+    Reads file headers only: an unreadable or too large HR or LR, an HR smaller than the scale, or a
+    given LR that is not exactly the mod-cropped HR size / ``scale`` makes a pair fail.
     """
-    _check_scale(scale)
+    check_scale(scale)
     good: list[ImagePair] = []
     errors: list[InputImageError] = []
     for pair in pairs.pairs if isinstance(pairs, Pairing) else pairs:
         try:
-            hr_hw = _image_size(pair.hr)
+            hr_hw = _image_size(pair.hr, max_pixels)
+            if min(hr_hw) < scale:
+                raise InputImageError(f"{pair.name}: HR {pair.hr} ({hr_hw[1]}x{hr_hw[0]}) is smaller than the scale {scale}")
             if pair.lr is not None:
-                _check_lr_size(pair, hr_hw, _image_size(pair.lr), scale)
+                _check_lr_size(pair, hr_hw, _image_size(pair.lr, max_pixels), scale)
         except InputImageError as exc:
             errors.append(exc)
         else:
@@ -349,15 +247,19 @@ def check_pairs(pairs: Pairing | Sequence[ImagePair], scale: int) -> tuple[list[
     return good, errors
 
 
-def load_pair(pair: ImagePair, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mod-cropped HR and its LR (read, or made by :func:`make_lr`), as uint8 arrays.
+def load_pair(pair: ImagePair, scale: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Mod-cropped HR and its LR (read, or made by :func:`hat_cli.baseline.make_lr`), as uint8 arrays.
 
-    Raises :class:`InputImageError` when a given LR is not exactly the cropped HR size / ``scale``.
+    Raises :class:`InputImageError` naming the pair when a file cannot be read or a given LR is not
+    exactly the cropped HR size / ``scale``.
     """
-    hr = mod_crop(read_image(pair.hr), scale)
-    if pair.lr is None:
-        return hr, make_lr(hr, scale)
-    lr = read_image(pair.lr)
+    try:
+        hr = mod_crop(read_rgb8(pair.hr, max_pixels), scale)
+        if pair.lr is None:
+            return hr, make_lr(hr, scale)
+        lr = read_rgb8(pair.lr, max_pixels)
+    except InputImageError as exc:
+        raise InputImageError(f"{pair.name}: {exc}") from exc
     _check_lr_size(pair, (hr.shape[0], hr.shape[1]), (lr.shape[0], lr.shape[1]), scale)
     return hr, lr
 
@@ -403,15 +305,24 @@ class ModelResult:
 
 
 @dataclass
+class PairFailure:
+    """A pair that could not be read or scored: ``error`` is the one-line message naming it."""
+
+    name: str
+    error: str
+
+
+@dataclass
 class BenchResult:
     """Everything :func:`run_bench` measured; ``dataclasses.asdict`` gives the JSON shape.
 
     ``{"scale", "models": [{"model", "mean": {"psnr", "ssim"}, "images": [{"name", "psnr", "ssim",
-    "seconds"}], "seconds_total", "megapixels_per_second"}]}``
+    "seconds"}], "seconds_total", "megapixels_per_second"}], "failures": [{"name", "error"}]}``
     """
 
     scale: int
     models: list[ModelResult]
+    failures: list[PairFailure] = field(default_factory=list)  # pairs not scored (keep_going)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict/list/str/float tree (``inf`` PSNR of a perfect image stays ``float('inf')``)."""
@@ -438,17 +349,15 @@ CSV_COLUMNS = ("scale", "model", "image", "psnr", "ssim", "seconds")
 def write_csv(result: BenchResult, dest: PathLike | TextIO) -> None:
     """One row per (model, image): ``scale,model,image,psnr,ssim,seconds`` with a header.
 
-    ``dest`` is a path (overwritten) or an open text file. Floats keep full precision; a perfect
-    image's PSNR is written as ``inf``.
+    ``dest`` is a path (replaced atomically: never a half-written file) or an open text file.
+    Floats keep full precision; a perfect image's PSNR is written as ``inf``.
     """
     if hasattr(dest, "write"):
         _write_csv_rows(result, dest)  # an open file: the caller owns it
         return
-    try:
-        with open(dest, "w", newline="", encoding="utf-8") as fh:
-            _write_csv_rows(result, fh)
-    except OSError as exc:
-        raise OutputError(f"{dest}: cannot write CSV ({exc})") from exc
+    buffer = io.StringIO(newline="")
+    _write_csv_rows(result, buffer)
+    write_bytes(Path(dest), buffer.getvalue().encode("utf-8"))
 
 
 def _write_csv_rows(result: BenchResult, fh: TextIO) -> None:
@@ -484,10 +393,10 @@ def _safe_dirname(name: str) -> str:
 
 
 def _save_png(img: np.ndarray, path: Path) -> None:
+    """Atomically (an interrupted run leaves no truncated PNG under a final name)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(path)
-    except OSError as exc:
+        atomic_write(path, lambda handle: Image.fromarray(img).save(handle, format="PNG"))
+    except OutputError as exc:
         raise OutputError(f"{path}: cannot save SR image ({exc})") from exc
 
 
@@ -504,7 +413,7 @@ def _check_sr(sr: Any, model: str, name: str, want_hw: tuple[int, int], scale: i
             f"(is it an x{scale} model?)"
         )
     if gray and sr.ndim == 3:
-        return to_uint8(sr.mean(axis=2))  # gray ground truth: score one channel
+        return to_levels(sr.mean(axis=2))  # gray ground truth: score one channel
     if not gray and sr.ndim == 2:
         raise ConfigError(f"model {model!r} returned a single-channel image for RGB {name}")
     return sr
@@ -524,6 +433,8 @@ def run_bench(
     save_sr_dir: PathLike | None = None,
     *,
     progress: Callable[[str, ImageScore], None] | None = None,
+    keep_going: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> BenchResult:
     """Score every model on every pair.
 
@@ -540,13 +451,39 @@ def run_bench(
         save_sr_dir: if given, each SR image is saved as ``<save_sr_dir>/<model>/<name>.png``
             (model name with unsafe characters replaced by ``_``).
         progress: called as ``progress(model_name, image_score)`` after each scored image.
+        keep_going: a pair that cannot be read or scored is recorded in
+            :attr:`BenchResult.failures` and the rest are scored; otherwise it is raised.
+        max_pixels: refuse images larger than this (decompression bombs).
 
     Every pair is checked with :func:`check_pairs` (file headers only) before any model runs, so a
     wrong folder fails fast with :class:`InputImageError`. A model returning a wrong dtype or size raises
     :class:`ConfigError`. Images are loaded once and run through all models in turn.
     """
-    _check_scale(scale)
+    check_scale(scale)
     scale = int(scale)
+    border = _check_options(models, channel, crop_border, scale, save_sr_dir)
+    pairs = _resolve_pairs(pairs_or_dirs, scale)
+    if not pairs:
+        raise ConfigError("no image pairs to benchmark")
+    pairs, errors = check_pairs(pairs, scale, max_pixels)
+    if errors and not keep_going:
+        raise errors[0]
+    failures = [PairFailure(str(e).split(":", 1)[0], str(e)) for e in errors]
+    scorer = _Scorer(scale, models, border, channel, save_sr_dir, progress)
+    for pair in pairs:
+        try:
+            scorer.score(pair, *load_pair(pair, scale, max_pixels))
+        except InputImageError as exc:
+            if not keep_going:
+                raise
+            failures.append(PairFailure(pair.name, str(exc)))
+    return BenchResult(scale=scale, models=scorer.results(), failures=failures)
+
+
+def _check_options(
+    models: Mapping[str, Model], channel: str, crop_border: int | None, scale: int, save_sr_dir: PathLike | None
+) -> int:
+    """The crop border, after checking the options that do not depend on the images."""
     if not models:
         raise ConfigError("no models to benchmark")
     if channel not in ("y", "rgb"):
@@ -554,58 +491,69 @@ def run_bench(
     border = scale if crop_border is None else int(crop_border)
     if border < 0:
         raise ConfigError(f"crop_border must be >= 0, got {crop_border}")
-    pairs = _resolve_pairs(pairs_or_dirs, scale)
-    if not pairs:
-        raise ConfigError("no image pairs to benchmark")
-
-    _, errors = check_pairs(pairs, scale)
-    if errors:
-        raise errors[0]
-
     names = list(models)
     if save_sr_dir is not None and len({_safe_dirname(n) for n in names}) < len(names):
         raise ConfigError(f"model names {names} would share an SR folder under {save_sr_dir}")
-    scores: dict[str, list[ImageScore]] = {m: [] for m in names}
-    megapixels = 0.0
-    out_root = Path(save_sr_dir) if save_sr_dir is not None else None
-    for pair in pairs:
-        hr, lr = load_pair(pair, scale)
-        lr_rgb = lr if lr.ndim == 3 else np.repeat(lr[:, :, None], 3, axis=2)
-        lr_rgb = np.ascontiguousarray(lr_rgb)
-        hw = (hr.shape[0], hr.shape[1])
-        megapixels += hw[0] * hw[1] / 1e6
-        for name in names:
-            lr_in = lr_rgb.copy()  # a model may write into its input
-            start = time.perf_counter()
-            sr = models[name](lr_in)
-            seconds = time.perf_counter() - start
-            sr = _check_sr(sr, name, pair.name, hw, scale, gray=hr.ndim == 2)
-            if out_root is not None:
-                _save_png(sr, out_root / _safe_dirname(name) / f"{pair.name}.png")
-            try:
-                score = ImageScore(
-                    name=pair.name,
-                    psnr=psnr(sr, hr, border, channel),
-                    ssim=ssim(sr, hr, border, channel),
-                    seconds=seconds,
-                )
-            except ValueError as exc:  # too small for the crop or the 11x11 SSIM window
-                raise InputImageError(f"{pair.name}: cannot score ({exc})") from exc
-            scores[name].append(score)
-            if progress is not None:
-                progress(name, score)
+    return border
 
-    results = []
-    for name in names:
-        images = scores[name]
-        total = float(sum(s.seconds for s in images))
-        results.append(
-            ModelResult(
-                model=name,
-                mean=MeanScores(psnr=_mean(s.psnr for s in images), ssim=_mean(s.ssim for s in images)),
-                images=images,
-                seconds_total=total,
-                megapixels_per_second=megapixels / total if total > 0 else float("inf"),
+
+class _Scorer:
+    """Runs each model on a loaded pair, scores and optionally saves the SR image."""
+
+    def __init__(
+        self,
+        scale: int,
+        models: Mapping[str, Model],
+        border: int,
+        channel: Channel,
+        save_sr_dir: PathLike | None,
+        progress: Callable[[str, ImageScore], None] | None,
+    ) -> None:
+        self.scale, self.models, self.border, self.channel, self.progress = scale, models, border, channel, progress
+        self.out_root = Path(save_sr_dir) if save_sr_dir is not None else None
+        self.scores: dict[str, list[ImageScore]] = {name: [] for name in models}
+        self.megapixels = 0.0
+
+    def score(self, pair: ImagePair, hr: np.ndarray, lr: np.ndarray) -> None:
+        """Every model on one pair. All models are scored before any score is kept, so a pair that
+        fails part-way (too small to score) leaves the columns aligned."""
+        lr_rgb = np.ascontiguousarray(lr if lr.ndim == 3 else np.repeat(lr[:, :, None], 3, axis=2))
+        hw = (hr.shape[0], hr.shape[1])
+        scored = [(name, self._one(name, pair, hr, lr_rgb, hw)) for name in self.models]
+        self.megapixels += hw[0] * hw[1] / 1e6
+        for name, score in scored:
+            self.scores[name].append(score)
+            if self.progress is not None:
+                self.progress(name, score)
+
+    def _one(self, name: str, pair: ImagePair, hr: np.ndarray, lr_rgb: np.ndarray, hw: tuple[int, int]) -> ImageScore:
+        start = time.perf_counter()
+        sr = self.models[name](lr_rgb.copy())  # a model may write into its input
+        seconds = time.perf_counter() - start
+        sr = _check_sr(sr, name, pair.name, hw, self.scale, gray=hr.ndim == 2)
+        if self.out_root is not None:
+            _save_png(sr, self.out_root / _safe_dirname(name) / f"{pair.name}.png")
+        try:
+            return ImageScore(
+                name=pair.name,
+                psnr=psnr(sr, hr, self.border, self.channel),
+                ssim=ssim(sr, hr, self.border, self.channel),
+                seconds=seconds,
             )
-        )
-    return BenchResult(scale=scale, models=results)
+        except ValueError as exc:  # too small for the crop or the 11x11 SSIM window
+            raise InputImageError(f"{pair.name}: cannot score ({exc})") from exc
+
+    def results(self) -> list[ModelResult]:
+        out = []
+        for name, images in self.scores.items():
+            total = float(sum(s.seconds for s in images))
+            out.append(
+                ModelResult(
+                    model=name,
+                    mean=MeanScores(psnr=_mean(s.psnr for s in images), ssim=_mean(s.ssim for s in images)),
+                    images=images,
+                    seconds_total=total,
+                    megapixels_per_second=self.megapixels / total if total > 0 else float("inf"),
+                )
+            )
+        return out

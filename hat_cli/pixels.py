@@ -1,0 +1,96 @@
+"""The pixel layer: integer images <-> float values in 0..1, with one rounding rule.
+
+Every conversion between stored pixels (uint8, uint16) and the float values networks work on goes
+through here, so the upscaler, the tiling engine, batch, bench and train agree to the bit.
+
+Rounding rule: clamp to 0..1, multiply by the peak (255 or 65535), round **half up**
+(``2.5 -> 3``). That is MATLAB's ``uint8()`` cast, which made the benchmark LR files and rounds
+the SR image in the benchmark recipe (``hat bench``), so ``hat train``'s validation and ``hat
+upscale``'s files are exactly what ``hat bench`` scores. NaN becomes 0. Rounding is exact: the
+value is rounded half-to-even first and a tie that went down is bumped up (no ``floor(x + 0.5)``,
+which misrounds just below one half in float32).
+
+Torch is imported lazily: the CLI and registry use this module without paying for torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+PixelType = np.dtype | type[np.generic]
+
+
+def peak(dtype: PixelType) -> float:
+    """The value of white: 65535.0 for uint16, 255.0 for uint8."""
+    return 65535.0 if np.dtype(dtype) == np.uint16 else 255.0
+
+
+def check_pixel_type(dtype: PixelType) -> np.dtype:
+    """``dtype`` as a numpy dtype, if it is one this layer stores (uint8, uint16); else ValueError."""
+    resolved = np.dtype(dtype)
+    if resolved not in (np.uint8, np.uint16):
+        raise ValueError(f"expected uint8 or uint16 pixels, got {resolved}")
+    return resolved
+
+
+def round_half_up(values: np.ndarray) -> np.ndarray:
+    """Round to integers, ties up (``0.5 -> 1``, ``2.5 -> 3``); exact for any float dtype."""
+    rounded = np.rint(values)
+    return rounded + (values - rounded == 0.5)
+
+
+def to_levels(values: np.ndarray, dtype: PixelType = np.uint8) -> np.ndarray:
+    """Float values already on the ``0..peak`` scale -> integer pixels (clamped, half up, NaN -> 0)."""
+    dtype = check_pixel_type(dtype)
+    clipped = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0), 0.0, peak(dtype))
+    return round_half_up(clipped).astype(dtype)
+
+
+def quantize_array(values: np.ndarray, dtype: PixelType = np.uint8) -> np.ndarray:
+    """Float values in 0..1 (any shape) -> integer pixels of ``dtype``."""
+    return to_levels(np.asarray(values, dtype=np.float64) * peak(dtype), dtype)
+
+
+def to_unit(array: np.ndarray) -> np.ndarray:
+    """Integer pixels -> float32 values in 0..1 (same shape)."""
+    dtype = check_pixel_type(array.dtype)
+    return np.asarray(array, dtype=np.float32) / np.float32(peak(dtype))
+
+
+def to_tensor(array: np.ndarray) -> Tensor:
+    """H x W x C integer pixels -> (C, H, W) float32 tensor in 0..1 (copies: sources may be read-only)."""
+    import torch
+
+    dtype = check_pixel_type(array.dtype)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1)
+    return tensor.div_(peak(dtype))
+
+
+def quantize(block: Tensor, dtype: PixelType = np.uint8) -> np.ndarray:
+    """(C, H, W) float tensor in 0..1 (any device) -> H x W x C integer pixels of ``dtype``."""
+    import torch
+
+    dtype = check_pixel_type(dtype)
+    values = block.detach().float().nan_to_num(0.0).clamp_(0.0, 1.0).mul_(peak(dtype))
+    rounded = torch.round(values)
+    rounded += (values - rounded == 0.5).to(rounded.dtype)
+    return rounded.permute(1, 2, 0).to("cpu").numpy().astype(dtype)
+
+
+__all__ = [
+    "check_pixel_type",
+    "peak",
+    "quantize",
+    "quantize_array",
+    "round_half_up",
+    "to_levels",
+    "to_tensor",
+    "to_unit",
+]

@@ -1,0 +1,136 @@
+"""Cache maintenance: verify, import a file fetched by hand, remove."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from ..atomic import atomic_write
+from ..errors import CheckpointError, ConfigError, OutputError
+from ..registry import Preset, Registry
+from .hashing import sha256_file
+from .lock import file_lock
+from .paths import cached_path, local_checkpoint, partial_path, write_error
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    status: Literal["ok", "mismatch", "missing"]
+    path: Path
+    expected: str
+    actual: str | None = None
+
+
+def verify_checkpoint(preset: Preset) -> VerifyResult:
+    """Re-hash the local file of a preset against the registry."""
+    path = local_checkpoint(preset)
+    if path is None:
+        where = preset.bundled_path if preset.bundled else cached_path(preset)
+        return VerifyResult(preset.name, "missing", where, preset.sha256)
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    status = "ok" if actual == preset.sha256 else "mismatch"
+    return VerifyResult(preset.name, status, path, preset.sha256, actual)
+
+
+def _copy_verified(source: Path, target: Path, sha256: str) -> None:
+    """Copy ``source`` to ``target`` atomically, hashing the bytes as they are written: what lands
+    in the cache is exactly what was hashed (a file changed meanwhile is refused)."""
+
+    def copy(handle: BinaryIO) -> None:
+        hasher = hashlib.sha256()
+        try:
+            with open(source, "rb") as src:
+                while chunk := src.read(_CHUNK):
+                    handle.write(chunk)
+                    hasher.update(chunk)
+        except OSError as exc:
+            if exc.filename is not None and Path(exc.filename) == source:
+                raise CheckpointError(f"cannot read {source}: {exc.strerror or exc}") from exc
+            raise
+        if hasher.hexdigest() != sha256:
+            raise CheckpointError(f"{source} changed while it was imported: run the import again")
+
+    try:
+        atomic_write(target, copy)
+    except OutputError as exc:
+        cause = exc.__cause__
+        raise write_error(cause, target) if isinstance(cause, OSError) else exc from cause
+
+
+def _sha256_of(source: Path) -> tuple[str, int]:
+    try:
+        return sha256_file(source), source.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {source}: {exc.strerror or exc}") from exc
+
+
+def import_checkpoint(
+    source: str | os.PathLike[str],
+    registry: Registry,
+    name: str | None = None,
+    scale: int | None = None,
+) -> list[tuple[Preset, Path]]:
+    """Copy a hand-downloaded file into the cache for the preset ``name`` (checked against its
+    sha256), or for every preset whose sha256 matches when no name is given."""
+    source = Path(source)
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such file")
+    wanted = registry.resolve(name, scale) if name else None
+    if wanted is not None and wanted.bundled:
+        raise ConfigError(f"model {wanted.name} is bundled with hat-cli: nothing to import")
+    digest, size = _sha256_of(source)
+    if wanted is not None and digest != wanted.sha256:
+        raise CheckpointError(f"{source} is not {wanted.name}: sha256 {digest} ({size} bytes), expected {wanted.sha256}")
+    matches = [wanted] if wanted is not None else [p for p in registry if p.sha256 == digest and not p.bundled]
+    if not matches:
+        raise CheckpointError(
+            f"{source} (sha256 {digest}) matches no model in the registry: pass --name NAME, "
+            f"or add it to a registry file (HAT_REGISTRY)"
+        )
+    placed: list[tuple[Preset, Path]] = []
+    for preset in matches:
+        target = cached_path(preset)
+        if target not in {path for _, path in placed}:
+            _copy_verified(source, target, digest)
+        placed.append((preset, target))
+    return placed
+
+
+def remove_checkpoint(preset: Preset) -> list[Path]:
+    """Delete a preset's cached file and any partial download; returns what was removed."""
+    if preset.bundled:
+        raise ConfigError(f"model {preset.name} is bundled with hat-cli and cannot be removed")
+    target = cached_path(preset)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    # Under the lock, so a download in progress is not cut off mid-write.
+    with file_lock(target.with_name(target.name + ".lock")):
+        for path in (target, partial_path(preset)):
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise write_error(exc, path) from exc
+    return removed
+
+
+def presets_by_name(registry: Registry, names: Iterable[str], scale: int | None = None) -> list[Preset]:
+    """Resolve several names/aliases (errors before any work starts), keeping order, no repeats."""
+    seen: dict[str, Preset] = {}
+    for name in names:
+        preset = registry.resolve(name, scale)
+        seen.setdefault(preset.name, preset)
+    return list(seen.values())

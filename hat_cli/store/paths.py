@@ -1,0 +1,95 @@
+"""Where checkpoints live: the user cache folder, bundled files, offline mode."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, DownloadError, HatError, ModelNotAvailable
+from ..registry import Preset
+
+CACHE_ENV = "HAT_CACHE_DIR"
+OFFLINE_ENV = "HAT_OFFLINE"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def cache_dir() -> Path:
+    """``$HAT_CACHE_DIR``, else ``$XDG_CACHE_HOME/hat``, else the platform's user cache folder."""
+    if explicit := os.environ.get(CACHE_ENV):
+        return Path(explicit).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "hat"
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "hat"
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
+        return Path(base) / "hat" / "Cache"
+    return home / ".cache" / "hat"
+
+
+def checkpoints_dir() -> Path:
+    return cache_dir() / "checkpoints"
+
+
+def cached_path(preset: Preset) -> Path:
+    """Cache location of a preset's file. The sha256 is part of the name, so a registry that
+    changes a file's hash never gets the old file served."""
+    folder = checkpoints_dir()
+    path = Path(preset.file)
+    name = f"{path.stem}.{preset.sha256[:12]}{path.suffix}"
+    # The registry validates names, but a Preset built in code is not: never leave the cache folder.
+    inside = os.path.dirname(os.path.normpath(folder / name)) == os.path.normpath(folder)
+    if not inside or path.name != preset.file or "\\" in name or name.startswith("."):
+        raise ConfigError(f"model {preset.name}: file {preset.file!r} would leave the cache folder {folder}")
+    return folder / name
+
+
+def partial_path(preset: Preset) -> Path:
+    """Where an unfinished download is kept for resuming."""
+    path = cached_path(preset)
+    return path.with_name(path.name + ".part")
+
+
+def local_checkpoint(preset: Preset) -> Path | None:
+    """The checkpoint's path if it is bundled or already cached, else None."""
+    if preset.bundled:
+        return preset.bundled_path if preset.bundled_path.is_file() else None
+    path = cached_path(preset)
+    return path if path.is_file() else None
+
+
+def import_hint(preset: Preset) -> str:
+    source = preset.urls[0] if preset.urls else "its source"
+    return (
+        f"file {preset.file}, sha256 {preset.sha256}: get it from {source} "
+        f"and run 'hat models import FILE --name {preset.name}'"
+    )
+
+
+def require_checkpoint(preset: Preset) -> Path:
+    """The local checkpoint, or a :class:`ModelNotAvailable` saying where to put it."""
+    if (path := local_checkpoint(preset)) is not None:
+        return path
+    if preset.bundled:
+        raise ModelNotAvailable(f"bundled model file {preset.bundled_path} is missing: reinstall hat-cli")
+    raise ModelNotAvailable(
+        f"model {preset.name} is not cached: expected {cached_path(preset)} ({import_hint(preset)})"
+    )
+
+
+def is_offline(offline: bool = False) -> bool:
+    """True when ``offline`` is set or ``$HAT_OFFLINE`` is 1/true/yes/on: never touch the network."""
+    return offline or os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE
+
+
+def write_error(exc: OSError, path: Path) -> HatError:
+    """One clear line for the file-system failures users can act on."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return DownloadError(f"disk full writing {path} ({reason}): free space or set {CACHE_ENV} to another disk")
+    if isinstance(exc, PermissionError | NotADirectoryError | FileExistsError) or exc.errno == errno.EROFS:
+        return ConfigError(f"cannot write {path} ({reason}): set {CACHE_ENV} to a writable folder")
+    return DownloadError(f"cannot write {path}: {reason}")
