@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO.parent / "shared" / "tools"))
 
-from hat_cli.model import HAT, HATConfig, arch  # noqa: E402
+from hat_cli.model import HAT, HATConfig, layers  # noqa: E402
 from hat_cli.model.compiled import CompiledNetwork  # noqa: E402
 
 # Official x4 hyper-parameters (window 16, overlap 0.5, conv_scale 0.01, mlp 2, num_feat 64).
@@ -144,7 +144,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> tu
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     kernels = [lambda: a @ b]
-    if device.type == "cpu" and arch.ONEDNN_LINEAR:
+    if device.type == "cpu" and layers.ONEDNN_LINEAR:
         kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
     wall, cpu = math.inf, math.inf
     for kernel in kernels:

@@ -13,7 +13,7 @@ Model (``--model``): ``auto`` = the bundled ``hat-tiny`` when present, else a ra
 
 ``--calibrate`` instead measures the peak RSS rise of single forwards for a few HAT shapes and tile
 sizes (resetting the kernel's high-water mark through /proc/self/clear_refs) and prints it next to
-:func:`hat_cli.tiling.bytes_per_input_pixel`, whose constants come from this measurement.
+:meth:`hat_cli.model.hat.config.HATConfig.working_values_per_pixel`, whose constants come from this measurement.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hat_cli.api import Upscaler
 from hat_cli.errors import HatError
 from hat_cli.model import HAT, HATConfig
-from hat_cli.tiling import ALLOCATOR_SLACK, bytes_per_input_pixel
+from hat_cli.model.contract import ALLOCATOR_SLACK
 
 TINY = HATConfig(
     upscale=4, embed_dim=24, depths=(1,), num_heads=(2,), window_size=8, compress_ratio=3, squeeze_factor=8
@@ -106,7 +106,7 @@ def calibrate(threads: int) -> None:
     print("| network | tile | measured values/px | model values/px (no slack) |")
     print("|---|---:|---:|---:|")
     for index, (label, config, fused) in enumerate(_calibration_shapes()):
-        predicted = bytes_per_input_pixel(HAT(config, fused_attention=fused)) / 4 / ALLOCATOR_SLACK
+        predicted = HAT(config, fused_attention=fused).bytes_per_input_pixel() / 4 / ALLOCATOR_SLACK
         for tile in (96, 160):
             command = [sys.executable, __file__, "--probe", str(index), str(tile), "--threads", str(threads)]
             rise = int(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, ConfigError, HatError, InputImageError, ModelNotAvailable
+from .version import __version__
 
 if TYPE_CHECKING:
     from .api import Upscaler, open_upscaler
     from .model import HAT, HATConfig
 
-__version__ = "0.1.0"
 
 # Importing torch takes seconds; commands that never run a model (``hat models list``,
 # ``--help``) should not pay for it, so the torch-backed names load on first use (PEP 562).
@@ -39,5 +39,6 @@ __all__ = [
     "InputImageError",
     "ModelNotAvailable",
     "Upscaler",
+    "__version__",
     "open_upscaler",
 ]

@@ -153,7 +153,9 @@ def find_inputs(
             for image in scan.images:
                 add(Source(image, path))
             results += [FileResult(p, None, "ignored", error="not an image file") for p in scan.not_images]
-            results += [FileResult(f, None, "failed", error=f"{f}: cannot read folder ({why})") for f, why in scan.unreadable]
+            results += [
+                FileResult(f, None, "failed", error=f"{f}: cannot read folder ({why})") for f, why in scan.unreadable
+            ]
         elif path.exists() or path.is_symlink():
             add(Source(path))
         else:
@@ -446,7 +448,13 @@ class _Pipeline:
     """Reader thread -> model (calling thread) -> writer thread, through bounded queues."""
 
     def __init__(self, upscaler: UpscalerBase, jobs: Sequence[Job], on_result, options: RunOptions, on_start) -> None:
-        self.upscaler, self.jobs, self.on_result, self.options, self.on_start = upscaler, jobs, on_result, options, on_start
+        self.upscaler, self.jobs, self.on_result, self.options, self.on_start = (
+            upscaler,
+            jobs,
+            on_result,
+            options,
+            on_start,
+        )
         self.temps = TempFiles()
         self.closing = threading.Event()  # threads must wind down (end of run or abort)
         self.aborted = threading.Event()  # results after this point are not reported

@@ -222,7 +222,9 @@ def build_model(
             model.load_state_dict(state, strict=True, assign=device == "meta")
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
-            raise CheckpointError(f"{path}: tensors do not match a {family.title} of the detected shape: {first}") from exc
+            raise CheckpointError(
+                f"{path}: tensors do not match a {family.title} of the detected shape: {first}"
+            ) from exc
     return model.eval()
 
 

@@ -216,9 +216,7 @@ def _image_size(path: Path, max_pixels: int) -> tuple[int, int]:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputImageError(f"{path}: cannot read image ({exc})") from exc
     if height * width > max_pixels:
-        raise InputImageError(
-            f"{path}: {width}x{height} exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)"
-        )
+        raise InputImageError(f"{path}: {width}x{height} exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)")
     return height, width
 
 
@@ -237,7 +235,9 @@ def check_pairs(
         try:
             hr_hw = _image_size(pair.hr, max_pixels)
             if min(hr_hw) < scale:
-                raise InputImageError(f"{pair.name}: HR {pair.hr} ({hr_hw[1]}x{hr_hw[0]}) is smaller than the scale {scale}")
+                raise InputImageError(
+                    f"{pair.name}: HR {pair.hr} ({hr_hw[1]}x{hr_hw[0]}) is smaller than the scale {scale}"
+                )
             if pair.lr is not None:
                 _check_lr_size(pair, hr_hw, _image_size(pair.lr, max_pixels), scale)
         except InputImageError as exc:

@@ -371,7 +371,9 @@ class _Run:
     def save(self, out: Path, state_path: Path) -> None:
         ema_state, params = _cpu_state(self.ema), _cpu_state(self.model)
         config, meta = self.model.config, self.meta()
-        save_checkpoint(state_path, ema_state, config, params=params, extra_meta=meta, extra={"train_state": self.state()})
+        save_checkpoint(
+            state_path, ema_state, config, params=params, extra_meta=meta, extra={"train_state": self.state()}
+        )
         save_checkpoint(out, ema_state, config, params=params, extra_meta=meta)
 
     def state(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +249,14 @@ def test_fast_path_matches_reference_fixtures(entry: dict, case: dict) -> None:
     expected = np.load(MANIFEST.parent / case["output_npy"])
     assert out.shape == expected.shape
     assert np.abs(out - expected).max() < 1e-5
+
+
+def test_gradients_flow_after_inference_filled_the_caches() -> None:
+    """Index tables cached during inference must still serve autograd (training, LAM) later."""
+    model = HAT(replace(CONFIG, window_size=4))
+    x = torch.rand(1, 3, 12, 8)
+    with torch.inference_mode():
+        model(x)
+    x.requires_grad_(True)
+    model(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

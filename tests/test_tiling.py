@@ -451,7 +451,9 @@ def test_hat_memory_model_grows_with_width_heads_and_scale() -> None:
     small = tiny_hat(scale=2).bytes_per_input_pixel()
     x4 = tiny_hat(scale=4).bytes_per_input_pixel()
     with torch.device("meta"):
-        full = HAT(HATConfig(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, window_size=16)).bytes_per_input_pixel()
+        full = HAT(
+            HATConfig(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, window_size=16)
+        ).bytes_per_input_pixel()
     assert small < x4 < full
     assert tiny_hat().bytes_per_input_pixel(torch.bfloat16) < small
 

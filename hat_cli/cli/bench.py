@@ -107,7 +107,9 @@ def bench(
         raise ConfigError("name a model to score: --model NAME, --model bicubic or --weights FILE (repeatable)")
     tile_size = parse_tile(tile)
     pairing = _pairing(hr, lr, scale)
-    models = _load_models(specs, scale, registry, device, precision, 0 if tile_size == "auto" else tile_size, self_ensemble)
+    models = _load_models(
+        specs, scale, registry, device, precision, 0 if tile_size == "auto" else tile_size, self_ensemble
+    )
     result = _run(pairing, scale, models, crop_border, channel.value, save_sr, max_pixels)
     if result.models[0].images:
         if csv_path is not None:

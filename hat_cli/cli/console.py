@@ -24,15 +24,3 @@ def print_warning(message: object) -> None:
 def print_line(message: object, err: bool = True) -> None:
     """Plain text (no markup at all) on stderr, or stdout with ``err=False``."""
     (err_console if err else console).print(str(message), markup=False, highlight=False, soft_wrap=True)
-
-
-def download_progress(quiet: bool = False):
-    """A tqdm bar (bytes, speed, ETA) on stderr for checkpoint downloads; None when quiet or when
-    stderr is not a terminal (logs and pipes stay clean)."""
-    import sys
-
-    if quiet or not sys.stderr.isatty():
-        return None
-    from .progress import TqdmProgress
-
-    return TqdmProgress(sys.stderr)

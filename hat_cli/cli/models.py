@@ -22,8 +22,9 @@ from ..store import (
     require_checkpoint,
     verify_checkpoint,
 )
-from .console import console, download_progress, print_error
+from .console import console, print_error
 from .options import JsonOpt, PresetScaleOpt, QuietOpt, RegistryOpt
+from .progress import download_progress
 
 NamesArg = Annotated[
     Optional[list[str]],  # noqa: UP045

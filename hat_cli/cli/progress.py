@@ -114,3 +114,11 @@ class TqdmProgress:
         if event.finished:
             bar.close()
             del self._bars[event.name]
+
+
+def download_progress(quiet: bool = False) -> TqdmProgress | None:
+    """A tqdm bar (bytes, speed, ETA) on stderr for checkpoint downloads; None when quiet or when
+    stderr is not a terminal (logs and pipes stay clean)."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    return TqdmProgress(sys.stderr)

@@ -29,9 +29,7 @@ def _eta(seconds: float) -> str:
 
 
 def train(
-    hr: Annotated[
-        list[Path], typer.Option("--hr", help="Folder of HR training images; repeat for several.", **FOLDER)
-    ],
+    hr: Annotated[list[Path], typer.Option("--hr", help="Folder of HR training images; repeat for several.", **FOLDER)],
     out: Annotated[
         Path,
         typer.Option(
@@ -126,7 +124,9 @@ def train(
         with progress:
             result = run_training(options, on_progress)
     except KeyboardInterrupt:
-        print_line(f"saved {out} and {state_path_for(out)}; continue with the same command plus --resume {state_path_for(out)}")
+        print_line(
+            f"saved {out} and {state_path_for(out)}; continue with the same command plus --resume {state_path_for(out)}"
+        )
         raise
     if not quiet:
         psnr = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.3f} dB"

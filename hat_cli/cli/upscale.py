@@ -39,7 +39,7 @@ from ..batch import (
 from ..errors import ConfigError
 from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix
 from ..upscaling import UpscalerBase
-from .console import console, download_progress, err_console, print_error, print_line
+from .console import console, err_console, print_error, print_line
 from .options import (
     CompileOpt,
     ConvScaleOpt,
@@ -59,7 +59,7 @@ from .options import (
     WeightsOpt,
     parse_tile,
 )
-from .progress import TileProgress, counter_bar
+from .progress import TileProgress, counter_bar, download_progress
 
 
 class Reporter:

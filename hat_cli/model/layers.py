@@ -6,6 +6,7 @@ This module imports only torch and einops.
 
 from __future__ import annotations
 
+import functools
 import platform
 from typing import NamedTuple
 
@@ -27,6 +28,24 @@ def cpu_autocast() -> bool:
         return torch.is_autocast_enabled("cpu")
     except TypeError:
         return torch.is_autocast_cpu_enabled()
+
+
+def tensor_cache(maxsize: int | None = None):
+    """``functools.lru_cache`` for functions returning tensors, building them outside inference
+    mode: a tensor made under ``torch.inference_mode`` cannot serve autograd later (training,
+    LAM) in the same process, while a normal tensor serves both."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def build(*args):
+            with torch.inference_mode(False):
+                return fn(*args)
+
+        memo = functools.lru_cache(maxsize=maxsize)(build)
+        memo.__wrapped__ = fn  # what `cached` calls under torch.compile: the plain builder
+        return memo
+
+    return decorate
 
 
 def cached(fn, *args):

@@ -90,7 +90,9 @@ def import_checkpoint(
         raise ConfigError(f"model {wanted.name} is bundled with hat-cli: nothing to import")
     digest, size = _sha256_of(source)
     if wanted is not None and digest != wanted.sha256:
-        raise CheckpointError(f"{source} is not {wanted.name}: sha256 {digest} ({size} bytes), expected {wanted.sha256}")
+        raise CheckpointError(
+            f"{source} is not {wanted.name}: sha256 {digest} ({size} bytes), expected {wanted.sha256}"
+        )
     matches = [wanted] if wanted is not None else [p for p in registry if p.sha256 == digest and not p.bundled]
     if not matches:
         raise CheckpointError(

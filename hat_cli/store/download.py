@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 from ..atomic import commit
 from ..errors import DownloadError, HatError, ModelNotAvailable
 from ..registry import Preset, is_allowed_url
+from ..version import __version__
 from .hashing import hash_file
 from .lock import file_lock
 from .paths import (
@@ -146,8 +147,6 @@ def _describe(exc: BaseException) -> str:
 
 
 def _user_agent() -> str:
-    from .. import __version__  # imported late: the package imports this module while initialising
-
     return f"hat-cli/{__version__}"
 
 

@@ -49,6 +49,7 @@ from .windows import (
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the official models subtract
 
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()

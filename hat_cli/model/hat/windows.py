@@ -6,11 +6,11 @@ This module imports only torch and einops.
 
 from __future__ import annotations
 
-from functools import cache, lru_cache
-
 import torch
 from einops import rearrange
 from torch import Tensor
+
+from ..layers import tensor_cache
 
 SHIFT_MASK_VALUE = -100.0  # official value (not -inf): keeps softmax of fully masked rows finite
 
@@ -40,7 +40,7 @@ def _grid(size: int) -> Tensor:
     return coords.flatten(1)
 
 
-@cache
+@tensor_cache()
 def relative_position_index(window_size: int) -> Tensor:
     """(ws*ws, ws*ws) index into a ((2ws-1)^2, heads) bias table, as the official ``rpi_sa``."""
     coords = _grid(window_size)
@@ -48,7 +48,7 @@ def relative_position_index(window_size: int) -> Tensor:
     return rel[0] * (2 * window_size - 1) + rel[1]
 
 
-@cache
+@tensor_cache()
 def overlap_relative_position_index(window_size: int, overlap_window_size: int) -> Tensor:
     """(ws*ws, ows*ows) index into OCAB's ((ws+ows-1)^2, heads) table, as the official ``rpi_oca``.
 
@@ -77,7 +77,7 @@ def shift_mask(
     return torch.zeros(differs.shape, device=device).masked_fill(differs, SHIFT_MASK_VALUE)
 
 
-@cache
+@tensor_cache()
 def shift_mask_classes(window_size: int, shift_size: int, device: torch.device | str = "cpu") -> Tensor:
     """(4, N, N) additive masks for shifted windows: [interior, right column, bottom row, corner].
 
@@ -99,7 +99,7 @@ _WINDOW_REGIONS = (
 WindowGroup = tuple[int, int, int | None]
 
 
-@lru_cache(maxsize=64)
+@tensor_cache(maxsize=64)
 def window_order(
     height: int, width: int, window_size: int, shift_size: int, batch: int, device: torch.device
 ) -> tuple[Tensor, Tensor, tuple[WindowGroup, ...]]:

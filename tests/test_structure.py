@@ -1,0 +1,199 @@
+"""The house rules of docs/architecture.md, checked on the code: who may import whom, one atomic
+writer (and the permissions it gives), one pixel layer, one family contract."""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hat_cli import pixels
+from hat_cli.atomic import TEMP_SUFFIX, atomic_write
+from hat_cli.checkpoint import load_model, save_checkpoint
+from hat_cli.cli import app
+from hat_cli.model import FAMILIES, HAT, HATConfig, Network, detect_config, find_family
+from hat_cli.model.hat.config import ratio_for
+from tests.conftest import TINY_CONFIG
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hat_cli"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """(module, relative level) of every import statement in a file, nested ones included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", node.level))
+    return found
+
+
+def absolute(path: Path, module: str, level: int) -> str:
+    """The dotted name a (possibly relative) import refers to."""
+    if not level:
+        return module
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    base = parts[:-level] if path.name != "__init__.py" else parts[: len(parts) - level + 1]
+    return ".".join(base + ([module] if module else []))
+
+
+def test_model_code_imports_only_torch_einops_and_itself() -> None:
+    stdlib = set(sys.stdlib_module_names)
+    for path in (PACKAGE / "model").rglob("*.py"):
+        for module, level in imports(path):
+            name = absolute(path, module, level)
+            top = name.split(".")[0]
+            assert top in stdlib or top in ("torch", "einops") or name.startswith("hat_cli.model"), (path, name)
+
+
+@pytest.mark.parametrize("ui", ["typer", "rich", "tqdm", "click"])
+def test_only_the_cli_imports_terminal_libraries(ui: str) -> None:
+    for path in MODULES:
+        if "cli" in path.relative_to(PACKAGE).parts[:1]:
+            continue
+        assert all(absolute(path, m, lv).split(".")[0] != ui for m, lv in imports(path)), path
+
+
+def test_the_library_never_imports_the_cli_or_ray() -> None:
+    for path in MODULES:
+        rel = path.relative_to(PACKAGE).parts
+        for module, level in imports(path):
+            name = absolute(path, module, level)
+            if rel[0] not in ("cli", "__main__.py"):  # the entry points
+                assert not name.startswith("hat_cli.cli"), (path, name)
+            if rel[0] != "ray.py" and rel[0] != "cli":
+                assert name.split(".")[0] != "ray", (path, name)
+
+
+def test_files_are_only_ever_renamed_into_place_by_the_atomic_helper() -> None:
+    for path in MODULES:
+        if path.name == "atomic.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for call in ("os.replace(", "os.rename(", "mkstemp(", "NamedTemporaryFile(", "shutil.move("):
+            assert call not in text, (path, call)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_write_gives_umask_permissions_and_leaves_nothing_on_failure(tmp_path: Path, umask_022) -> None:
+    target = atomic_write(tmp_path / "a.bin", lambda handle: handle.write(b"x"))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_bytes() == b"x"
+
+    def broken(handle) -> None:
+        handle.write(b"half")
+        raise RuntimeError("encoder crashed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "b.bin", broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_checkpoints_from_train_and_import_get_umask_permissions(tmp_path: Path, umask_022) -> None:
+    torch.manual_seed(0)
+    model = HAT(TINY_CONFIG)
+    for name in ("w.pth", "w.safetensors"):
+        path = save_checkpoint(tmp_path / name, model.state_dict(), TINY_CONFIG, params=model.state_dict())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_hat_train_and_models_import_outputs_get_umask_permissions(
+    tmp_path: Path, cache: Path, umask_022, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from tests.store_server import sha256, write_registry
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(hr / f"{i}.png")
+    out = tmp_path / "run" / "m.pth"
+    arch = "embed_dim=12,depths=1x1,num_heads=2x1,window_size=4,squeeze_factor=4,mlp_ratio=1"
+    args = ["train", "--hr", str(hr), "--out", str(out), "--scale", "2", "--arch", arch]
+    result = CliRunner().invoke(app, [*args, "--iters", "2", "--batch-size", "1", "--patch-size", "8", "-q"])
+    assert result.exit_code == 0, result.output
+    for written in (out, out.with_name("m.state.pth")):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    table = {"family": "hat-tiny", "scale": 2, "file": "mine.pth", "sha256": sha256(out.read_bytes())}
+    registry = write_registry(tmp_path / "r.toml", {"mine": table})
+    result = CliRunner().invoke(app, ["models", "import", str(out), "--name", "mine", "--registry", str(registry)])
+    assert result.exit_code == 0, result.output
+    imported = next((cache / "checkpoints").glob("*.pth"))
+    assert stat.S_IMODE(imported.stat().st_mode) == 0o644 and sha256(imported.read_bytes()) == sha256(out.read_bytes())
+    assert not list((cache / "checkpoints").glob(f"*{TEMP_SUFFIX}"))
+
+
+# --------------------------------------------------------------------------- pixel layer
+
+
+def test_one_rounding_rule_half_up_everywhere() -> None:
+    values = np.array([0.5, 1.5, 2.5, 254.5, 0.49999999999999994, 254.49999], dtype=np.float64)
+    assert pixels.to_levels(values).tolist() == [1, 2, 3, 255, 0, 254]
+    unit = torch.tensor([[[0.5 / 255, 1.5 / 255, 2.5 / 255, float("nan"), 2.0, -1.0]]], dtype=torch.float64)
+    assert pixels.quantize(unit.float()).ravel().tolist() == pixels.quantize_array(unit.numpy()).ravel().tolist()
+    from hat_cli.imresize import to_uint8
+
+    assert to_uint8(values).tolist() == pixels.to_levels(values).tolist()
+
+
+def test_integer_pixels_survive_the_round_trip_at_both_depths() -> None:
+    for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+        array = np.arange(top + 1, dtype=dtype).reshape(1, -1, 1)
+        np.testing.assert_array_equal(pixels.quantize(pixels.to_tensor(array), dtype), array)
+        np.testing.assert_array_equal(pixels.quantize_array(pixels.to_unit(array), dtype), array)
+
+
+# --------------------------------------------------------------------------- family contract
+
+
+def test_hat_is_a_family_and_a_network() -> None:
+    model = HAT(TINY_CONFIG)
+    assert isinstance(model, Network)
+    family = find_family(model.state_dict())
+    assert family is not None and family.name == "hat" and family in FAMILIES
+    config = family.detect(model.state_dict(), {"conv_scale": 0.02})
+    assert config == TINY_CONFIG.__class__(**{**TINY_CONFIG.to_dict(), "conv_scale": 0.02})
+    assert family.config_from_dict({**TINY_CONFIG.to_dict(), "scale": 2}) == TINY_CONFIG
+    with pytest.raises(ValueError, match="unknown"):
+        family.config_from_dict({**TINY_CONFIG.to_dict(), "bogus": 1})
+
+
+def test_overlap_ratio_read_from_shapes_rebuilds_the_same_window_for_every_pair() -> None:
+    naive = [(ws, k) for ws in range(1, 65) for k in range(2 * ws + 1) if int(ws * (k / ws)) != k]
+    assert len(naive) == 83  # what a plain k / ws got wrong
+    for ws, k in naive:
+        assert int(ws * ratio_for(k, ws)) == k
+    for ws, k in naive[:3]:
+        config = HATConfig(
+            upscale=2, embed_dim=4, depths=(1,), num_heads=(1,), window_size=ws, overlap_ratio=k / ws,
+            compress_ratio=1, squeeze_factor=1, num_feat=4,
+        )  # fmt: skip
+        with torch.device("meta"):
+            state = HAT(config).state_dict()
+        detected = detect_config(state)
+        assert detected.overlap_window_size == ws + int(ws * config.overlap_ratio)
+
+
+def test_an_unknown_file_is_one_clear_error(tmp_path: Path) -> None:
+    from hat_cli.errors import CheckpointError
+
+    path = tmp_path / "resnet.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(CheckpointError, match=r"not a HAT checkpoint"):
+        load_model(path)
