@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, HatError
@@ -26,7 +27,7 @@ class HatGroup(TyperGroup):
         except HatError as exc:
             if debug:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
@@ -37,7 +38,7 @@ class HatGroup(TyperGroup):
             if debug:
                 raise
             err_console.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with HAT_DEBUG=1 for the traceback)",
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with HAT_DEBUG=1 for the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )
