@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -299,7 +299,8 @@ def choose_batch(per_step: float, steps: int, device: torch.device, budget: int 
     return int(max(1, min(steps, MAX_AUTO_BATCH, budget // max(per_step, 1.0))))
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
+def _autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[object]:
+    """Autocast to ``dtype`` (bfloat16/float16) on ``device``; nothing for float32."""
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

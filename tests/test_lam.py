@@ -187,6 +187,14 @@ def test_any_network_input_range_and_out_of_memory_halving(tiny_net: HAT, small_
     assert np.abs(wrapped.sr - plain.sr).max() < 1e-5
 
 
+def test_bf16_autocast_stays_close_to_fp32(tiny_net: HAT, small_image: np.ndarray) -> None:
+    kwargs = dict(window=Window(5, 6, 6), steps=3, kernel=5, batch=3)
+    fp32 = attribute(tiny_net, small_image, **kwargs)
+    bf16 = attribute(tiny_net, small_image, dtype=torch.bfloat16, **kwargs)
+    assert bf16.attribution.dtype == np.float32 and bf16.sr.dtype == np.float32
+    assert np.corrcoef(fp32.attribution.ravel(), bf16.attribution.ravel())[0, 1] > 0.99
+
+
 def test_choose_batch_fills_the_budget() -> None:
     cpu = torch.device("cpu")
     assert choose_batch(100.0, 50, cpu, budget=1000) == 10
