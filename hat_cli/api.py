@@ -200,6 +200,11 @@ class Upscaler(UpscalerBase):
     def scale(self) -> int:
         return self.model.scale
 
+    @property
+    def precision(self) -> str:
+        """The compute precision's name: fp32, bf16 or fp16."""
+        return _NAMES[self.dtype]
+
     # ------------------------------------------------------------------ inference
     def plan(self, height: int, width: int, channels: int = 3, output_bytes: int = 0) -> tuple[TilePlan, TileStats]:
         """The tile plan for a ``height x width`` input, and the stats record describing it.

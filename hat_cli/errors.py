@@ -47,6 +47,12 @@ class OutputError(HatError):
     exit_code = EXIT_SOME_FAILED
 
 
+class ImageTooSmall(InputImageError):
+    """An input too small for what was asked of it (a LAM blur kernel, a benchmark scale): exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
 class NonFiniteOutput(HatError):
     """The network returned NaN or infinite values, even in fp32: that image is not written."""
 

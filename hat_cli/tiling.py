@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal, NamedTuple
@@ -438,7 +438,8 @@ class TileStats:
         return text
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
+def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[object]:
+    """Autocast to ``dtype`` (bfloat16/float16) on ``device``; nothing for float32."""
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -566,7 +567,7 @@ class TileEngine:
         left after that (or in fp32) is :class:`NonFiniteOutput`: never written into an image.
         """
         x = tiles.to(self.device, torch.float32)
-        with _autocast(self.device, self.dtype):
+        with autocast(self.device, self.dtype):
             out = run_padded(self.model, x).float()
         bad = _non_finite(out)
         if len(bad) and self.dtype != torch.float32:
@@ -658,6 +659,7 @@ __all__ = [
     "TileStats",
     "array_reader",
     "array_writer",
+    "autocast",
     "available_ram",
     "axis_starts",
     "axis_weights",

@@ -52,12 +52,14 @@ app = typer.Typer(
 
 from . import models as _models  # noqa: E402  (registers sub-commands on import)
 from .bench import BenchCommand, bench  # noqa: E402
+from .lam import lam  # noqa: E402
 from .train import train  # noqa: E402
 from .upscale import upscale  # noqa: E402
 
 app.command()(upscale)
 app.command(cls=BenchCommand)(bench)
 app.command()(train)
+app.command(cls=BenchCommand)(lam)  # BenchCommand: --model/--weights kept in command-line order
 app.add_typer(_models.app, name="models")
 
 

@@ -1,0 +1,320 @@
+"""``hat lam``: Local Attribution Maps (LAM) of one SR window, for one model or several side by side.
+
+``hat lam IMAGE --model hat-tiny --at X,Y`` attributes the 16x16 SR window whose top-left corner is
+at column X, row Y of the SR image to the LR input's pixels and prints the diffusion index (DI). With
+``-o DIR`` it writes ``attribution.npy`` ((3, h, w) float32, before abs/normalisation), the
+pictures (``input``, ``saliency``, ``blend``, ``kde``, ``kde_blend``, ``sr``, ``strip`` .png) and
+``lam.json``; several models go to ``DIR/<model>/`` with one ``comparison.png`` in ``DIR``.
+``--json`` prints one JSON object per model, one per line (JSON Lines), in the order given.
+
+Exit status: 0 done, 2 for a bad window, parameter or input image (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import numpy as np
+import typer
+
+from ..atomic import write_bytes
+from ..errors import ConfigError, ImageTooSmall, InputImageError
+from ..imageio import DEFAULT_MAX_PIXELS, read_picture
+from ..pixels import to_levels
+from .bench import _model_specs
+from .console import err_console, print_line
+from .options import DeviceOpt, JsonOpt, OfflineOpt, RegistryOpt, ScaleOpt
+from .progress import counter_bar, download_progress
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..lam import LamResult, Window
+    from ..lam_pictures import LamPictures
+
+
+@dataclass
+class Analysed:
+    """One model's LAM and where it went."""
+
+    name: str
+    scale: int
+    device: str
+    precision: str
+    result: LamResult
+    pictures: LamPictures | None = None
+    folder: Path | None = None
+
+    def to_json(self, image: Path) -> dict[str, Any]:
+        data: dict[str, Any] = {"model": self.name, "image": str(image), "scale": self.scale}
+        data |= self.result.to_json()
+        data |= {"device": self.device, "precision": self.precision}
+        if self.folder is not None:
+            data["output"] = str(self.folder)
+        return data
+
+
+def parse_at(value: str) -> tuple[int, int]:
+    """``"X,Y"`` -> (x, y): the window's top-left corner in SR pixels (column, row)."""
+    match = re.fullmatch(r"\s*(-?\d+)\s*,\s*(-?\d+)\s*", value)
+    if match is None:
+        raise ConfigError(f"--at {value!r}: use X,Y (column, row of the window's top-left corner in SR pixels)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def lam(
+    ctx: typer.Context,
+    image: Annotated[Path, typer.Argument(help="The LR input image (an HR image with --from-hr).", show_default=False)],
+    at: Annotated[
+        str,
+        typer.Option(
+            "--at", metavar="X,Y", help="Top-left corner of the window in SR pixels (column, row).", show_default=False
+        ),
+    ],
+    model: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--model", "-m", metavar="NAME", help="Preset name or alias; repeat to compare.", show_default=False
+        ),
+    ] = None,
+    weights: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(
+            "--weights",
+            "-w",
+            metavar="FILE",
+            help="A checkpoint file; repeatable, mixes with --model in order.",
+            show_default=False,
+        ),
+    ] = None,
+    window: Annotated[int, typer.Option("--window", help="Side of the analysed SR window in pixels.")] = 16,
+    sigma: Annotated[
+        float, typer.Option("--sigma", help="Blur of the path's start (Gaussian sigma, LR pixels).")
+    ] = 1.2,
+    steps: Annotated[int, typer.Option("--steps", help="Steps along the blur path (the official 'fold').")] = 50,
+    kernel: Annotated[int, typer.Option("--kernel", help="Side of the Gaussian blur kernel (odd).")] = 9,
+    batch: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--batch", help="Path steps per forward/backward (default: as many as fit in memory).", show_default=False
+        ),
+    ] = None,
+    from_hr: Annotated[
+        bool,
+        typer.Option("--from-hr", help="IMAGE is HR: crop to a multiple of the scale, bicubic-downscale (as LAM)."),
+    ] = False,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--output", "-o", help="Folder for attribution.npy, the pictures and the strip.", show_default=False
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="fp32 (default: the reference numbers) | bf16 | fp16 | auto (bf16 on GPU)."),
+    ] = "fp32",
+    scale: ScaleOpt = None,
+    registry: RegistryOpt = None,
+    offline: OfflineOpt = False,
+) -> None:
+    """Local Attribution Map of one SR window: hat lam photo.png --model hat-tiny --at 120,80 -o lam/.
+
+    Prints the diffusion index (DI: the share of input pixels the network uses; higher = wider). Several --model/--weights give one comparison strip, as the HAT paper's figure.
+
+    Exit status: 0 done, 2 bad option, window or image (one line on stderr).
+    """
+    from ..lam import Window, check_parameters  # torch: not for --help
+
+    x, y = parse_at(at)
+    check_parameters(sigma, steps, kernel)
+    if window < 1:
+        raise ConfigError(f"--window {window}: must be >= 1 SR pixels")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"--batch {batch}: must be >= 1")
+    if output is not None and output.exists() and not output.is_dir():
+        raise ConfigError(f"-o {output}: exists and is not a folder")
+    specs = _model_specs(ctx, model or [], weights or [])
+    if not specs:
+        raise ConfigError("name a model: --model NAME or --weights FILE (repeat to compare several)")
+
+    upscalers = _open_models(specs, scale, registry, device, precision, offline, quiet=as_json)
+    model_scale = upscalers[0][1].scale
+    lr, lr_picture = _read_input(image, model_scale, from_hr)
+    region = Window(x, y, window)
+    _check_all(image, upscalers, lr.shape[1], lr.shape[0], region, kernel)
+
+    analysed = [
+        _analyse(name, upscaler, lr, region, sigma, steps, kernel, batch, show=not as_json)
+        for name, upscaler in upscalers
+    ]
+    if output is not None:
+        _write(output, analysed, lr, lr_picture if from_hr else None)
+    for item in analysed:
+        if as_json:
+            typer.echo(json.dumps(item.to_json(image)))
+        else:
+            _report(item)
+    if output is not None and not as_json:
+        print_line(f"wrote {output}", err=False)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _open_models(
+    specs: list[tuple[str, str | Path]],
+    scale: int | None,
+    registry: Path | None,
+    device: str,
+    precision: str,
+    offline: bool,
+    quiet: bool,
+) -> list[tuple[str, Any]]:
+    """(unique name, Upscaler) per --model/--weights; the bicubic baseline and mixed scales refused."""
+    from ..api import Upscaler, open_upscaler
+
+    opened: list[tuple[str, Any]] = []
+    for kind, value in specs:
+        if kind == "model" and str(value).lower() == "bicubic":
+            raise ConfigError("--model bicubic: LAM attributes a network's output; bicubic has no network")
+        upscaler = open_upscaler(
+            registry=registry,
+            device=device,
+            precision=precision,
+            scale=scale,
+            offline=offline,
+            progress=download_progress(quiet),
+            **{kind: value},
+        )
+        if not isinstance(upscaler, Upscaler):
+            raise ConfigError(f"{value}: LAM needs a network")
+        names = [name for name, _ in opened]
+        name = upscaler.name if upscaler.name not in names else str(value)
+        if name in names:
+            raise ConfigError(f"model {name} is given twice")
+        if opened and upscaler.scale != opened[0][1].scale:
+            raise ConfigError(
+                f"{name} is x{upscaler.scale} but {opened[0][0]} is x{opened[0][1].scale}: "
+                "compare models of one scale (the window is in SR pixels)"
+            )
+        opened.append((name, upscaler))
+    return opened
+
+
+def _read_input(path: Path, scale: int, from_hr: bool) -> tuple[np.ndarray, Image.Image | None]:
+    """The LR input as H x W x C uint8/uint16 (alpha dropped), and the LR PIL image made from HR."""
+    picture = read_picture(path, DEFAULT_MAX_PIXELS)
+    array = picture.frames[0]
+    if picture.has_alpha:
+        array = array[:, :, :-1]
+    if not from_hr:
+        return array, None
+    from ..lam_pictures import lr_from_hr
+
+    lr, _ = lr_from_hr(_to_pil(array), scale)
+    return np.asarray(lr).reshape(lr.height, lr.width, -1), lr
+
+
+def _to_pil(array: np.ndarray) -> Image.Image:
+    """H x W x C uint8 (or uint16, reduced to 8 bits as LAM's PIL pipeline holds it) -> PIL image."""
+    from PIL import Image
+
+    if array.dtype == np.uint16:
+        array = to_levels(array / 257.0)
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def _check_all(
+    path: Path, upscalers: list[tuple[str, Any]], width: int, height: int, region: Window, kernel: int
+) -> None:
+    """Fail before any model runs: the image against the kernel, the window against each SR size."""
+    from ..lam import check_image, check_window
+
+    try:
+        check_image(height, width, kernel)
+    except ImageTooSmall as exc:
+        raise ImageTooSmall(f"{path}: {exc}") from None
+    for _, upscaler in upscalers:
+        check_window(region, height * upscaler.scale, width * upscaler.scale)
+
+
+def _channels(array: np.ndarray, wanted: int, path_name: str) -> np.ndarray:
+    if array.shape[2] == wanted:
+        return array
+    if array.shape[2] == 1 and wanted == 3:
+        return np.repeat(array, 3, axis=2)
+    raise InputImageError(f"{path_name}: {array.shape[2]}-channel image, the model takes {wanted} channels")
+
+
+def _analyse(
+    name: str,
+    upscaler: Any,
+    lr: np.ndarray,
+    region: Window,
+    sigma: float,
+    steps: int,
+    kernel: int,
+    batch: int | None,
+    show: bool,
+) -> Analysed:
+    from ..lam import attribute
+
+    net = upscaler.model
+    image = _channels(lr, net.in_channels, name)
+    with counter_bar(eta=True, disable=not (show and err_console.is_terminal)) as bar:
+        task = bar.add_task(f"LAM {name}", total=steps)
+        result = attribute(
+            net,
+            image,
+            region,
+            sigma=sigma,
+            steps=steps,
+            kernel=kernel,
+            batch=batch,
+            device=upscaler.device,
+            dtype=upscaler.dtype,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    return Analysed(name, upscaler.scale, str(upscaler.device), upscaler.precision, result)
+
+
+def _folder_name(name: str) -> str:
+    """A model name as a folder name: unsafe characters become '_'."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name).strip(".") or "model"
+
+
+def _write(output: Path, analysed: list[Analysed], lr: np.ndarray, lr_picture: Image.Image | None) -> None:
+    """attribution.npy, the pictures and lam.json per model; comparison.png for several models."""
+    from ..lam_pictures import comparison_strip, make_pictures, save_array, save_pictures, save_png
+
+    several = len(analysed) > 1
+    for item in analysed:
+        folder = output / _folder_name(item.name) if several else output
+        item.pictures = make_pictures(lr, item.result, item.scale)
+        save_array(item.result.attribution, folder / "attribution.npy")
+        save_pictures(item.pictures, folder)
+        if lr_picture is not None:
+            save_png(lr_picture, folder / "lr.png")
+        item.folder = folder
+        text = json.dumps({"model": item.name, **item.result.to_json()}, indent=2) + "\n"
+        write_bytes(folder / "lam.json", text.encode())
+    if several:
+        framed = analysed[0].pictures.framed  # type: ignore[union-attr]
+        columns = [(item.name, item.pictures, item.result.diffusion_index) for item in analysed]
+        save_png(comparison_strip(framed, columns), output / "comparison.png")  # type: ignore[arg-type]
+
+
+def _report(item: Analysed) -> None:
+    result = item.result
+    print_line(
+        f"{item.name}: DI {result.diffusion_index:.2f}  (window {result.window.size} px at "
+        f"x={result.window.x}, y={result.window.y}; {result.steps} steps in {result.seconds:.1f} s, "
+        f"{result.steps_per_second:.1f} steps/s, batch {result.batch}, {item.device} {item.precision})",
+        err=False,
+    )
