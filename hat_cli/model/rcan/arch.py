@@ -9,6 +9,8 @@ map 0..1 images through :func:`hat_cli.model.padding.run_padded`. Differences fr
 code, none of which changes the result beyond float rounding:
 - HAN writes each body output into one preallocated (B, N, C, H, W) stack instead of re-concatenating
   a growing tensor after every group (same newest-first order, a fraction of the memory);
+- the channel-spatial attention's 1 -> 1 Conv3d runs as a 2-D conv with a banded C x C weight (see
+  :meth:`ChannelSpatialAttention.volume_conv`): Conv3d's column buffer alone takes 27 feature maps;
 - the layer attention applies ``gamma * A @ V + V`` as one product ``(gamma * A + I) @ V``, and forms
   its N x N energies in at least float32 (they sum C*H*W products: half precision would scramble the
   softmax).
@@ -126,19 +128,20 @@ class LayerAttention(nn.Module):
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def attention(self, flat: Tensor) -> Tensor:
-        """(B, N, L) -> (B, N, N) row-stochastic weights, in at least float32."""
+    def mixing(self, x: Tensor) -> Tensor:
+        """(B, N, C, H, W) -> (B, N, N) ``M = gamma * A + I``, in at least float32: the output's
+        layer i is ``sum_j M[i, j] * layer_j`` (``gamma * A @ V + V`` as one product)."""
+        flat = rearrange(x, "b n c h w -> b n (c h w)")
         wide = flat.to(torch.promote_types(flat.dtype, torch.float32))
-        with torch.autocast(flat.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False):  # energies sum C*H*W products
             energy = torch.bmm(wide, wide.transpose(1, 2))
-        return torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
+        attention = torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
+        identity = torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
+        return self.gamma.to(attention.dtype) * attention + identity
 
     def forward(self, x: Tensor) -> Tensor:
         flat = rearrange(x, "b n c h w -> b n (c h w)")
-        attention = self.attention(flat)
-        identity = torch.eye(attention.shape[-1], dtype=attention.dtype, device=attention.device)
-        mix = self.gamma.to(attention.dtype) * attention + identity  # gamma * A @ V + V in one product
-        out = torch.bmm(mix.to(flat.dtype), flat)
+        out = torch.bmm(self.mixing(x).to(flat.dtype), flat)
         return rearrange(out, "b n (c h w) -> b (n c) h w", c=x.shape[2], h=x.shape[3])
 
 
@@ -151,11 +154,27 @@ class ChannelSpatialAttention(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(1, 1, 3, padding=1)
+        self.conv = nn.Conv3d(1, 1, 3, padding=1)  # kept as the official Conv3d for its parameters
         self.gamma = nn.Parameter(torch.zeros(1))
 
+    def volume_conv(self, x: Tensor) -> Tensor:
+        """``self.conv`` on ``x`` as a (B, 1, C, H, W) volume, returned as (B, C, H, W).
+
+        A 3x3x3 kernel sliding over channels is one 2-D C -> C 3x3 conv whose weight is banded:
+        output channel o sees input channel i through depth tap ``i - o + 1`` when ``|i - o| <= 1``
+        (zero beyond, which is also Conv3d's zero padding at the first and last channel). Same
+        numbers as Conv3d, but one map of working memory where its column buffer takes 27.
+        """
+        channels = x.shape[1]
+        index = torch.arange(channels, device=x.device)
+        tap = index[None, :] - index[:, None] + 1  # (out, in) -> the depth tap linking them
+        tap = tap.where((tap >= 0) & (tap <= 2), 3)  # 3: an all-zero tap, beyond the kernel
+        kernels = self.conv.weight[0, 0]  # (3, 3, 3): depth, height, width
+        banded = torch.cat([kernels, kernels.new_zeros(1, 3, 3)])[tap]  # (C, C, 3, 3)
+        return F.conv2d(x, banded, self.conv.bias.expand(channels), padding=1)
+
     def forward(self, x: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.conv(x.unsqueeze(1))).squeeze(1)
+        gate = torch.sigmoid(self.volume_conv(x))
         return torch.addcmul(x, x, gate * self.gamma.to(gate.dtype))
 
 
@@ -230,10 +249,31 @@ class HAN(RCAN):
         assert stack is not None
         return stack, x
 
+    def attend_layers(self, stack: Tensor) -> Tensor:
+        """``last_conv(la(stack))``: (B, N, C, H, W) -> (B, C, H, W), one layer at a time.
+
+        ``last_conv`` is linear in its N*C input channels: it is the sum over layers i of a C -> C
+        conv of the i-th attended layer. Building each attended layer on its own keeps one map
+        alive where the whole LAM output takes N, and oneDNN's reordered copy of it N more.
+        """
+        mix = self.la.mixing(stack).to(stack.dtype)
+        weights = rearrange(self.last_conv.weight, "o (n c) kh kw -> n o c kh kw", n=stack.shape[1])
+        total: Tensor | None = None
+        for layer, weight in enumerate(weights):
+            attended = torch.einsum("bj,bjchw->bchw", mix[:, layer], stack)
+            part = F.conv2d(attended, weight, padding=1)
+            if total is None:  # sum in at least float32: N half-precision partial sums lose what one conv keeps
+                total = part.to(torch.promote_types(part.dtype, torch.float32))
+            else:
+                total += part
+        assert total is not None
+        total += rearrange(self.last_conv.bias, "c -> c 1 1")
+        return total.to(part.dtype)
+
     def forward_body(self, x: Tensor) -> Tensor:
         stack, res = self.stacked_body(x)
-        layers = self.last_conv(self.la(stack))
-        del stack  # free the N maps before the fusion convs allocate theirs
+        layers = self.attend_layers(stack)
+        del stack  # free the N maps before the attention and fusion convs allocate theirs
         return self.last(torch.cat([self.csa(res), layers], dim=1))
 
 
