@@ -22,12 +22,15 @@ MAX_FEATS = 4096
 MAX_GROUPS = 256
 MAX_BLOCKS = 256
 
-# The memory model's calibration (see RCANConfig.working_values_per_pixel), fitted by
-# ``benchmarks/bench_memory_rcan.py`` to the peak RSS rise of one fp32 CPU forward.
-BODY_COPIES = 6.0  # residual stream, head skip, group skip, RCAB's two convs and its attention product
-UPSAMPLER_COPIES = 2.2  # per n_feats * scale^2: the last upsampler conv's output and its pixel-shuffle copy
-OUTPUT_COPIES = 3.0  # per n_colors * scale^2: tail conv, add_mean and the caller's copy
-LAYER_STACK_COPIES = 2.0  # HAN, per n_feats * (n_resgroups + 1): the stacked body outputs and the LAM output
+# The memory model's calibration (see RCANConfig.working_values_per_pixel), from
+# ``benchmarks/bench_memory_rcan.py --fit``: per-stage least squares on the peak RSS rise of fp32 CPU
+# forwards (64 and 128 px tiles, live set), rounded up; UPSAMPLER_COPIES raised from the fitted 2.07
+# so that prediction * ALLOCATOR_SLACK also covers glibc's default allocator (HAN x3: +34% over live).
+FIXED_VALUES = 64.0  # per pixel of a 128 px tile: what one forward allocates whatever the tile size
+BODY_COPIES = 4.8  # per n_feats: head skip, group skip, an RCAB's input, convs and attention product
+LAYER_STACK_COPIES = 1.2  # HAN, per n_feats * (n_resgroups + 1): the stacked body outputs, plus a little
+UPSAMPLER_COPIES = 2.2  # per n_feats * scale^2: the last stage's input, conv output and pixel-shuffled copy
+OUTPUT_COPIES = 5.0  # per n_colors * scale^2: the last conv, add_mean, and oneDNN's copies of them
 
 Shape = tuple[int, ...]
 
@@ -114,15 +117,23 @@ class RCANConfig:
         """Parameter count of the network this config builds (MeanShift convs included), without torch."""
         return sum(math.prod(shape) for shape in self.param_shapes().values())
 
+    def body_values_per_pixel(self) -> float:
+        """Peak live values per input pixel while head and body run."""
+        return BODY_COPIES * self.n_feats
+
+    def upsampler_values_per_pixel(self) -> float:
+        """Peak live values per input pixel while the tail runs (at the output resolution)."""
+        return (UPSAMPLER_COPIES * self.n_feats + OUTPUT_COPIES * self.n_colors) * self.scale**2
+
     def working_values_per_pixel(self) -> float:
         """Peak live float values of one forward per input pixel (the ``--tile auto`` memory model).
 
-        Fitted to measured peak-RSS rises (``benchmarks/bench_memory_rcan.py``): the body holds a
-        few n_feats-channel maps at once; the upsampler's last stage holds its conv output and the
-        pixel-shuffled copy at the output resolution; the output adds a few n_colors maps.
+        The body and the upsampler run one after the other and what the body frees (large blocks go
+        back to the system) serves the upsampler, so the peak is the larger of the two: measured
+        HAN x4 peaks equal RCAN x4's although HAN's body holds N more maps. A fixed per-forward
+        cost, spread over a 128 px tile, comes on top (an overestimate for larger tiles).
         """
-        upsampled = self.n_feats * self.scale**2
-        return BODY_COPIES * self.n_feats + UPSAMPLER_COPIES * upsampled + OUTPUT_COPIES * self.n_colors * self.scale**2
+        return FIXED_VALUES + max(self.body_values_per_pixel(), self.upsampler_values_per_pixel())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,9 +159,9 @@ class HANConfig(RCANConfig):
         yield from _conv("last_conv", self.n_feats * self.n_layers, self.n_feats)
         yield from _conv("last", 2 * self.n_feats, self.n_feats)
 
-    def working_values_per_pixel(self) -> float:
-        """RCAN's model plus the stacked body outputs and the layer attention's output (see above)."""
-        return super().working_values_per_pixel() + LAYER_STACK_COPIES * self.n_feats * self.n_layers
+    def body_values_per_pixel(self) -> float:
+        """RCAN's body plus the N stacked body outputs the layer attention reads."""
+        return super().body_values_per_pixel() + LAYER_STACK_COPIES * self.n_feats * self.n_layers
 
 
 # --------------------------------------------------------------------------- detection from shapes
