@@ -13,10 +13,12 @@ code, none of which changes the result beyond float rounding:
   :meth:`ChannelSpatialAttention.volume_conv`): Conv3d's column buffer alone takes 27 feature maps;
 - the layer attention applies ``gamma * A @ V + V`` as one product ``(gamma * A + I) @ V``, and forms
   its N x N energies in at least float32 (they sum C*H*W products: half precision would scramble the
-  softmax).
+  softmax);
+- HAN computes ``last_conv(la(stack))`` one attended layer at a time (:meth:`HAN.attend_layers`),
+  never materialising the N*C-channel LAM output (nor oneDNN's reordered copy of it).
 
 Note that the channel attention (a global average pool) and HAN's layer attention (energies over
-the whole image) see the whole input, so tiled and untiled outputs differ slightly, as officially.
+the whole image) see the whole input, so tiled and untiled outputs differ, as with the official code.
 
 This module imports only torch and einops.
 """
