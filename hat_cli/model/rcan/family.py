@@ -42,19 +42,19 @@ class _ResidualAttentionFamily:
         self,
         name: str,
         title: str,
-        config_class: type[RCANConfig],
+        config_type: type[RCANConfig],
         detector: Callable[[Mapping[str, Any], Mapping[str, Any]], RCANConfig],
     ) -> None:
         self.name = name
         self.title = title
-        self._config_class = config_class
+        self.config_type = config_type  # its HIDDEN names the values shapes cannot show
         self._detector = detector
 
     def __repr__(self) -> str:
         return f"<{self.title} family>"
 
     def matches(self, state: Mapping[str, Tensor]) -> bool:
-        if self._config_class is HANConfig:
+        if self.config_type is HANConfig:
             return has_han_keys(state)
         return has_rcan_backbone(state) and not has_han_keys(state)
 
@@ -64,18 +64,18 @@ class _ResidualAttentionFamily:
     def config_from_dict(self, data: Mapping[str, Any]) -> RCANConfig:
         """A config from registry/TOML keywords. An ``arch`` key must name this family; any other
         unknown key is an error (a typo must not silently build the default network)."""
-        known = {f.name for f in fields(self._config_class)}
+        known = {f.name for f in fields(self.config_type)}
         unknown = sorted(set(data) - known - {"arch"})
         if unknown:
             raise ValueError(f"unknown {self.title} keys {unknown}; expected some of {sorted(known)}")
         if data.get("arch", self.name) != self.name:
             raise ValueError(f"arch {data['arch']!r} is not {self.name!r}")
-        return self._config_class(**{k: v for k, v in data.items() if k != "arch"})
+        return self.config_type(**{k: v for k, v in data.items() if k != "arch"})
 
     def build(self, config: RCANConfig) -> nn.Module:
         # Exact type: a HANConfig is an RCANConfig subclass, but must not build an RCAN.
-        if type(config) is not self._config_class:
-            raise TypeError(f"{self.title} builds from a {self._config_class.__name__}, not {type(config).__name__}")
+        if type(config) is not self.config_type:
+            raise TypeError(f"{self.title} builds from a {self.config_type.__name__}, not {type(config).__name__}")
         from .arch import build_network
 
         return build_network(config)
