@@ -140,6 +140,7 @@ def test_official_sizes_round_trip(config: RCANConfig) -> None:
 
 def test_config_from_dict_is_strict() -> None:
     assert HAN_FAMILY.config_from_dict({"scale": 2, "n_feats": 32}) == HANConfig(scale=2, n_feats=32)
+    assert (HAN_FAMILY.config_type, RCAN_FAMILY.config_type) == (HANConfig, RCANConfig)
     with pytest.raises(ValueError, match="n_feat"):
         RCAN_FAMILY.config_from_dict({"n_feat": 32})
     with pytest.raises(ValueError, match="arch"):
@@ -268,7 +269,8 @@ def test_rcan_with_a_broken_tail(edit: Any, message: str) -> None:
 
 
 def test_hat_is_neither() -> None:
-    state = HAT(HATConfig(upscale=2, embed_dim=12, depths=(1,), num_heads=(2,), window_size=4)).state_dict()
+    tiny = HATConfig(upscale=2, embed_dim=12, depths=(1,), num_heads=(2,), window_size=4, squeeze_factor=4)
+    state = HAT(tiny).state_dict()
     assert not RCAN_FAMILY.matches(state) and not HAN_FAMILY.matches(state)
     for family in (RCAN_FAMILY, HAN_FAMILY):
         with pytest.raises(NotThisFamily):
