@@ -32,6 +32,7 @@ _PRESET_KEYS = {
     "pretrain",
     "bundled",
     "description",
+    "source",
 }
 
 
@@ -43,7 +44,7 @@ class Preset:
     family: str
     scale: int
     file: str
-    sha256: str
+    sha256: str | None  # None: no public checksum; a file imported by hand is pinned (hat_cli.store)
     config: ModelConfig
     arch: str = "hat"  # the network family (hat_cli.model.families) the config belongs to
     urls: tuple[str, ...] = ()
@@ -52,6 +53,7 @@ class Preset:
     pretrain: str = ""
     bundled: bool = False
     description: str = ""
+    origin: str = ""  # where the official file is published (for files fetched by hand)
     source: str = field(default="", compare=False)  # registry file it came from
 
     @property
@@ -191,14 +193,18 @@ def _config(families: Mapping[str, dict], table: Mapping[str, Any], where: str) 
 def _preset(name: str, table: Mapping[str, Any], source: str, families: Mapping[str, dict]) -> Preset:
     where = f"{source}: [models.{name!r}]"
     _check(bool(_SAFE_FILE.fullmatch(name)), source, f"model name {name!r} may use only letters, digits and ._+-")
-    for key in ("family", "scale", "file", "sha256"):
+    for key in ("family", "scale", "file"):
         _check(key in table, where, f"missing required key {key!r}")
     scale = _typed(table, "scale", int, where)
     _check(scale > 0, where, f"scale must be a positive integer, not {scale!r}")
     file = _typed(table, "file", str, where)
     _check(bool(_SAFE_FILE.fullmatch(file)) and ".." not in file, where, f"file {file!r} must be a plain file name")
-    sha = _typed(table, "sha256", str, where).lower()
-    _check(bool(_SHA256.fullmatch(sha)), where, "sha256 must be 64 hex digits")
+    sha = _typed(table, "sha256", str, where)
+    if sha is not None:
+        sha = sha.lower()
+        _check(bool(_SHA256.fullmatch(sha)), where, "sha256 must be 64 hex digits")
+    urls = _urls(table, where)
+    _check(sha is not None or not urls, where, "urls need a sha256: a download that cannot be verified is never made")
     size = _typed(table, "size", int, where)
     _check(size is None or size > 0, where, "size must be a positive integer")
     arch, config = _config(families, table, where)
@@ -210,12 +216,13 @@ def _preset(name: str, table: Mapping[str, Any], source: str, families: Mapping[
         sha256=sha,
         config=config,
         arch=arch,
-        urls=_urls(table, where),
+        urls=urls,
         size=size,
         aliases=_strings(table, "aliases", where),
         pretrain=_typed(table, "pretrain", str, where, ""),
         bundled=_typed(table, "bundled", bool, where, False),
         description=_typed(table, "description", str, where, ""),
+        origin=_typed(table, "source", str, where, ""),
         source=source,
     )
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from hat_cli.checkpoint import config_from_checkpoint, load_model, read_checkpoint, save_checkpoint
 from hat_cli.cli import app
 from hat_cli.errors import CheckpointError
-from hat_cli.model import HAT, HATConfig, detect_config
+from hat_cli.model import HAT, HATConfig, detect_config, family_named, find_family
 from hat_cli.registry import load_registry
 
 from .conftest import TINY_CONFIG
@@ -69,13 +69,16 @@ def test_detect_config_round_trips_many_random_configs() -> None:
 @pytest.mark.parametrize("preset", load_registry().presets.values(), ids=lambda p: p.name)
 def test_official_shapes_load_strictly(preset) -> None:
     """A state dict with the official layout of each preset (buffers, wrapper) loads strictly."""
+    family = family_named(preset.arch)
     with torch.device("meta"):
-        state = HAT(preset.config).state_dict()
+        state = family.build(preset.config).state_dict()
     official = {**state, "relative_position_index_SA": torch.empty(256, 256, device="meta")}
-    unwrapped_config = detect_config({k: v for k, v in official.items() if "relative_position_index" not in k})
+    unwrapped = {k: v for k, v in official.items() if "relative_position_index" not in k}
+    assert find_family(unwrapped) is family
+    unwrapped_config = family.detect(unwrapped, preset.hidden)
     assert unwrapped_config == preset.config
     with torch.device("meta"):
-        model = HAT(unwrapped_config)
+        model = family.build(unwrapped_config)
     model.load_state_dict(state, strict=True, assign=True)
     assert preset.config.num_params == sum(p.numel() for p in model.parameters())
 
@@ -143,7 +146,11 @@ def test_non_hat_and_truncated_files_exit_2_with_one_line(tmp_path: Path, tiny_c
     truncated.write_bytes(tiny_checkpoint.read_bytes()[:5000])
     text = tmp_path / "notes.safetensors"
     text.write_text("hello")
-    for bad, expected in ((other, "not a HAT checkpoint"), (truncated, "truncated"), (text, "safetensors")):
+    for bad, expected in (
+        (other, "not a HAT, HAN or RCAN checkpoint"),
+        (truncated, "truncated"),
+        (text, "safetensors"),
+    ):
         result = _run_upscale(tmp_path, bad)
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]

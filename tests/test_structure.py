@@ -195,5 +195,5 @@ def test_an_unknown_file_is_one_clear_error(tmp_path: Path) -> None:
 
     path = tmp_path / "resnet.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
-    with pytest.raises(CheckpointError, match=r"not a HAT checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a HAT, HAN or RCAN checkpoint"):
         load_model(path)

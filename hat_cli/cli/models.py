@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import EXIT_SOME_FAILED, ConfigError, HatError
@@ -14,6 +15,7 @@ from ..registry import load_registry
 from ..store import (
     download_checkpoint,
     ensure_checkpoint,
+    expected_sha256,
     import_checkpoint,
     is_offline,
     local_checkpoint,
@@ -42,12 +44,14 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     """Show every preset: name, aliases, scale, parameters, size and whether it is available locally."""
     reg = load_registry(registry)
     rows = []
-    for preset in sorted(reg, key=lambda p: (p.family, p.name.lower())):
+    for preset in sorted(reg, key=lambda p: (p.arch, p.family, p.name.lower())):
         path = local_checkpoint(preset)
+        sha256 = expected_sha256(preset)
         rows.append(
             {
                 "name": preset.name,
                 "aliases": list(preset.aliases),
+                "arch": preset.arch,
                 "family": preset.family,
                 "scale": preset.scale,
                 "pretrain": preset.pretrain,
@@ -56,21 +60,26 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
                 "bundled": preset.bundled,
                 "cached": path is not None,
                 "path": str(path) if path else None,
-                "sha256": preset.sha256,
+                "sha256": sha256,
+                "checksum": "registry" if preset.sha256 else ("imported" if sha256 else None),
+                "source": preset.origin or (preset.urls[0] if preset.urls else None),
             }
         )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="HAT models")
-    for column in ("name", "aliases", "scale", "params", "size", "available"):
+    table = Table(title="Models")
+    for column in ("name", "aliases", "arch", "scale", "params", "size", "available"):
         table.add_column(column, justify="right" if column in ("scale", "params", "size") else "left")
     for row in rows:
         size = f"{row['size'] / 1e6:.1f} MB" if row["size"] else "?"
         state = "bundled" if row["bundled"] else ("cached" if row["cached"] else "-")
+        if state == "-" and row["checksum"] is None:
+            state = "by hand"
         table.add_row(
-            row["name"],
-            ", ".join(row["aliases"]),
+            escape(row["name"]),
+            escape(", ".join(row["aliases"])),
+            row["arch"].upper(),
             f"x{row['scale']}",
             f"{row['params'] / 1e6:.2f} M",
             size,

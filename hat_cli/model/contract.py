@@ -10,6 +10,7 @@ Torch-free at import: the registry (``hat models list``) reads configurations wi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -26,6 +27,20 @@ def values_to_bytes(values: float, dtype: torch.dtype | None = None) -> float:
     """Peak bytes of ``values`` live activations per input pixel, under ``dtype`` autocast."""
     name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
     return _BYTES_PER_VALUE.get(name, 4.0) * ALLOCATOR_SLACK * values
+
+
+def positive_int(name: str, value: Any) -> int:
+    """A positive integer hyper-parameter (bools and floats such as 4.7 are refused, not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def finite_number(name: str, value: Any) -> float:
+    """A finite real hyper-parameter, as a float (bools, strings, NaN and infinities are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 @runtime_checkable
@@ -113,5 +128,7 @@ __all__ = [
     "ModelConfig",
     "Network",
     "NotThisFamily",
+    "finite_number",
+    "positive_int",
     "values_to_bytes",
 ]

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 
 from .contract import Family
 from .hat import HAT_FAMILY
+from .rcan import HAN_FAMILY, RCAN_FAMILY
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-# More specific families first: a family whose keys extend another's must be asked before it.
-FAMILIES: tuple[Family, ...] = (HAT_FAMILY,)
+# More specific families first: a family whose keys extend another's must be asked before it
+# (HAN is RCAN plus attention modules; RCAN's own matcher also refuses HAN keys).
+FAMILIES: tuple[Family, ...] = (HAT_FAMILY, HAN_FAMILY, RCAN_FAMILY)
 
 
 def family_named(name: str) -> Family:

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, write_bytes
 from ..errors import CheckpointError, ConfigError, OutputError
 from ..registry import Preset, Registry
 from .hashing import sha256_file
 from .lock import file_lock
-from .paths import cached_path, local_checkpoint, partial_path, write_error
+from .paths import cached_path, expected_sha256, local_checkpoint, partial_path, pin_path, write_error
 
 _CHUNK = 1 << 20
 
@@ -29,17 +29,19 @@ class VerifyResult:
 
 
 def verify_checkpoint(preset: Preset) -> VerifyResult:
-    """Re-hash the local file of a preset against the registry."""
+    """Re-hash the local file of a preset against the registry (or against the sha256 recorded
+    when a file without a public checksum was imported)."""
+    expected = expected_sha256(preset)
     path = local_checkpoint(preset)
     if path is None:
-        where = preset.bundled_path if preset.bundled else cached_path(preset)
-        return VerifyResult(preset.name, "missing", where, preset.sha256)
+        where = preset.bundled_path if preset.bundled or expected is None else cached_path(preset)
+        return VerifyResult(preset.name, "missing", where, expected or "")
     try:
         actual = sha256_file(path)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    status = "ok" if actual == preset.sha256 else "mismatch"
-    return VerifyResult(preset.name, status, path, preset.sha256, actual)
+    status = "ok" if actual == expected else "mismatch"
+    return VerifyResult(preset.name, status, path, expected or "", actual)
 
 
 def _copy_verified(source: Path, target: Path, sha256: str) -> None:
@@ -74,6 +76,36 @@ def _sha256_of(source: Path) -> tuple[str, int]:
         raise CheckpointError(f"cannot read {source}: {exc.strerror or exc}") from exc
 
 
+def _check_is(source: Path, preset: Preset) -> None:
+    """A file for a preset without a public checksum must at least be that network at that scale."""
+    from ..checkpoint import identify, read_checkpoint  # torch: only for these imports
+
+    state, meta = read_checkpoint(source)
+    family, config = identify(state, meta, source)
+    if family.name != preset.arch or config.scale != preset.scale:
+        raise CheckpointError(
+            f"{source} is a x{config.scale} {family.title} checkpoint, not {preset.name} "
+            f"(x{preset.scale} {preset.arch.upper()})"
+        )
+
+
+def _import_unpinned(source: Path, preset: Preset, digest: str) -> Path:
+    """Copy a file for a preset without a public checksum, then record its sha256 (the pin): later
+    loads and ``hat models verify`` check the file against it."""
+    _check_is(source, preset)
+    previous = local_checkpoint(preset)
+    target = cached_path(preset, digest)
+    _copy_verified(source, target, digest)
+    try:
+        write_bytes(pin_path(preset), (digest + "\n").encode("ascii"))
+    except OutputError as exc:
+        cause = exc.__cause__
+        raise write_error(cause, target) if isinstance(cause, OSError) else exc from cause
+    if previous is not None and previous != target:
+        previous.unlink(missing_ok=True)
+    return target
+
+
 def import_checkpoint(
     source: str | os.PathLike[str],
     registry: Registry,
@@ -89,6 +121,8 @@ def import_checkpoint(
     if wanted is not None and wanted.bundled:
         raise ConfigError(f"model {wanted.name} is bundled with hat-cli: nothing to import")
     digest, size = _sha256_of(source)
+    if wanted is not None and wanted.sha256 is None:
+        return [(wanted, _import_unpinned(source, wanted, digest))]
     if wanted is not None and digest != wanted.sha256:
         raise CheckpointError(
             f"{source} is not {wanted.name}: sha256 {digest} ({size} bytes), expected {wanted.sha256}"
@@ -100,7 +134,7 @@ def import_checkpoint(
             f"or add it to a registry file (HAT_REGISTRY)"
         )
     placed: list[tuple[Preset, Path]] = []
-    for preset in matches:
+    for preset in matches:  # no unpinned preset here: they have no sha256 to match
         target = cached_path(preset)
         if target not in {path for _, path in placed}:
             _copy_verified(source, target, digest)
@@ -109,16 +143,19 @@ def import_checkpoint(
 
 
 def remove_checkpoint(preset: Preset) -> list[Path]:
-    """Delete a preset's cached file and any partial download; returns what was removed."""
+    """Delete a preset's cached file and any partial download (and the recorded sha256 of a file
+    imported without a public checksum); returns what was removed."""
     if preset.bundled:
         raise ConfigError(f"model {preset.name} is bundled with hat-cli and cannot be removed")
+    if expected_sha256(preset) is None:
+        return []
     target = cached_path(preset)
     removed = []
     if not target.parent.is_dir():
         return removed
     # Under the lock, so a download in progress is not cut off mid-write.
     with file_lock(target.with_name(target.name + ".lock")):
-        for path in (target, partial_path(preset)):
+        for path in (target, partial_path(preset), *([] if preset.sha256 else [pin_path(preset)])):
             try:
                 path.unlink()
                 removed.append(path)

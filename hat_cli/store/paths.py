@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ..registry import Preset
 CACHE_ENV = "HAT_CACHE_DIR"
 OFFLINE_ENV = "HAT_OFFLINE"
 _TRUE = {"1", "true", "yes", "on"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_dir() -> Path:
@@ -34,12 +36,32 @@ def checkpoints_dir() -> Path:
     return cache_dir() / "checkpoints"
 
 
-def cached_path(preset: Preset) -> Path:
+def pin_path(preset: Preset) -> Path:
+    """Where the sha256 of a hand-imported file is recorded, for presets without a public checksum."""
+    return checkpoints_dir() / f"{preset.name}.sha256"
+
+
+def expected_sha256(preset: Preset) -> str | None:
+    """The registry's sha256, else the one recorded when the file was imported by hand, else None."""
+    if preset.sha256:
+        return preset.sha256
+    try:
+        recorded = pin_path(preset).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return recorded if _SHA256.fullmatch(recorded) else None
+
+
+def cached_path(preset: Preset, sha256: str | None = None) -> Path:
     """Cache location of a preset's file. The sha256 is part of the name, so a registry that
-    changes a file's hash never gets the old file served."""
+    changes a file's hash never gets the old file served. ``sha256`` names the file of a preset
+    without a public checksum (see :func:`expected_sha256`)."""
+    digest = sha256 or expected_sha256(preset)
+    if digest is None:
+        raise ModelNotAvailable(f"model {preset.name} is not cached ({import_hint(preset)})")
     folder = checkpoints_dir()
     path = Path(preset.file)
-    name = f"{path.stem}.{preset.sha256[:12]}{path.suffix}"
+    name = f"{path.stem}.{digest[:12]}{path.suffix}"
     # The registry validates names, but a Preset built in code is not: never leave the cache folder.
     inside = os.path.dirname(os.path.normpath(folder / name)) == os.path.normpath(folder)
     if not inside or path.name != preset.file or "\\" in name or name.startswith("."):
@@ -57,12 +79,19 @@ def local_checkpoint(preset: Preset) -> Path | None:
     """The checkpoint's path if it is bundled or already cached, else None."""
     if preset.bundled:
         return preset.bundled_path if preset.bundled_path.is_file() else None
+    if expected_sha256(preset) is None:
+        return None
     path = cached_path(preset)
     return path if path.is_file() else None
 
 
 def import_hint(preset: Preset) -> str:
-    source = preset.urls[0] if preset.urls else "its source"
+    source = preset.urls[0] if preset.urls else preset.origin or "its source"
+    if preset.sha256 is None:
+        return (
+            f"file {preset.file} has no public checksum: get it from {source} and run "
+            f"'hat models import FILE --name {preset.name}' (its sha256 is then computed and recorded)"
+        )
     return (
         f"file {preset.file}, sha256 {preset.sha256}: get it from {source} "
         f"and run 'hat models import FILE --name {preset.name}'"
@@ -75,6 +104,8 @@ def require_checkpoint(preset: Preset) -> Path:
         return path
     if preset.bundled:
         raise ModelNotAvailable(f"bundled model file {preset.bundled_path} is missing: reinstall hat-cli")
+    if expected_sha256(preset) is None:
+        raise ModelNotAvailable(f"model {preset.name} is not cached ({import_hint(preset)})")
     raise ModelNotAvailable(
         f"model {preset.name} is not cached: expected {cached_path(preset)} ({import_hint(preset)})"
     )

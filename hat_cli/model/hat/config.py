@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..contract import NotThisFamily
+from ..contract import NotThisFamily, finite_number, positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -20,19 +20,6 @@ OFFICIAL_IMG_RANGE = 1.0
 BODY_VALUES_PER_CHANNEL = 20.0
 UPSAMPLER_COPIES = 2.2
 SCORE_COPIES = 1.0
-
-
-def _count(name: str, value: Any) -> int:
-    """A positive integer hyper-parameter (bools and floats such as 4.7 are refused, not truncated)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -62,12 +49,14 @@ class HATConfig:
 
     def __post_init__(self) -> None:
         # Accept lists (TOML/JSON) but store tuples so configs hash and compare.
-        object.__setattr__(self, "depths", tuple(_count(f"depths[{i}]", d) for i, d in enumerate(self.depths)))
-        object.__setattr__(self, "num_heads", tuple(_count(f"num_heads[{i}]", h) for i, h in enumerate(self.num_heads)))
+        object.__setattr__(self, "depths", tuple(positive_int(f"depths[{i}]", d) for i, d in enumerate(self.depths)))
+        object.__setattr__(
+            self, "num_heads", tuple(positive_int(f"num_heads[{i}]", h) for i, h in enumerate(self.num_heads))
+        )
         for name in ("in_chans", "embed_dim", "window_size", "compress_ratio", "squeeze_factor", "num_feat"):
-            _count(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("conv_scale", "img_range", "mlp_ratio", "overlap_ratio"):
-            _finite(name, getattr(self, name))
+            finite_number(name, getattr(self, name))
         if not self.depths or len(self.depths) != len(self.num_heads):
             raise ValueError("depths and num_heads must be non-empty and of the same length")
         if self.upscale not in (1, 2, 3, 4, 8) or isinstance(self.upscale, bool):

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from ..contract import NotThisFamily
+from ..contract import NotThisFamily, finite_number, positive_int
 
 DEFAULT_RGB_RANGE = 255.0  # every official RCAN/HAN model was trained on 0..255 images
 SCALES = (2, 3, 4, 8)
@@ -62,8 +62,8 @@ class RCANConfig:
 
     def __post_init__(self) -> None:
         for name in ("scale", "n_feats", "n_resgroups", "n_resblocks", "reduction", "n_colors"):
-            object.__setattr__(self, name, int(getattr(self, name)))
-        object.__setattr__(self, "rgb_range", float(self.rgb_range))
+            positive_int(name, getattr(self, name))
+        object.__setattr__(self, "rgb_range", finite_number("rgb_range", self.rgb_range))
         self._validate()
 
     def _validate(self) -> None:
@@ -266,7 +266,7 @@ def _reduction(state: Mapping[str, Any], feats: int) -> int:
 
 def _rgb_range(hidden: Mapping[str, Any]) -> float:
     value = hidden.get("rgb_range")
-    return DEFAULT_RGB_RANGE if value is None else float(value)
+    return DEFAULT_RGB_RANGE if value is None else finite_number("rgb_range", value)
 
 
 def _check_tensors(state: Mapping[str, Any], config: RCANConfig) -> None:
