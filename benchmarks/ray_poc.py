@@ -78,12 +78,10 @@ class Upscaler:
         self.output = Path(output)
         self.delay, self.slow_write, self.journal = delay, slow_write, journal
         self.pid = os.getpid()
-        try:
-            import ray
-
-            self.node = ray.get_runtime_context().get_node_id()[:8]
-        except Exception:  # plain mode: no Ray
-            self.node = "local"
+        # Only inside Ray: ray.get_runtime_context() in a process not connected to Ray *starts* a local
+        # instance on the host (on its interface address, token in ~/.ray) - never in plain mode.
+        ray = sys.modules.get("ray")
+        self.node = ray.get_runtime_context().get_node_id()[:8] if ray and ray.is_initialized() else "local"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         records = [self.one(str(path)) for path in batch["path"]]
@@ -173,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     init_s = connect(args.address, args.local_cpus)
     nodes = wait_for_nodes(args.expect_nodes)
-    emit("ready", init_s=round(init_s, 2), nodes=nodes, files=len(paths), ray=ray.__version__)
+    emit("ready", init_s=round(init_s, 2), nodes=nodes, files=len(paths), ray=ray.__version__, at=time.time())
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -189,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
             "max_restarts": -1,  # recreate an actor whose node (or process) died, as often as needed
             "max_task_retries": -1,  # and resubmit its tasks; app exceptions are not retried (see above)
         }
+    elif args.fault_tolerance == "off":  # for comparison only: what the knobs buy
+        remote_args = {"max_restarts": 0, "max_task_retries": 0}
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
     ds = ds.map_batches(
         Upscaler,
@@ -214,12 +214,17 @@ def run(args: argparse.Namespace) -> int:
             in_actor_s += row["seconds"]
             seen[row["path"]] = seen.get(row["path"], 0) + 1
             counts[row["status"]] += 1
-            emit("record", **{key: row[key] for key in FIELDS}, done=len(seen), total=len(paths))
+            emit("record", **{key: row[key] for key in FIELDS}, done=len(seen), total=len(paths), at=time.time())
     except KeyboardInterrupt:
         emit("interrupted", done=len(seen), total=len(paths))
         ray.shutdown()  # the job ends: the GCS kills its actors
         emit("swept", removed=sweep_stale(output))
         return 130
+    except Exception as exc:  # the run itself failed (e.g. an actor lost with fault tolerance off)
+        emit("error", error=f"{type(exc).__name__}: {str(exc)[:500]}", done=len(seen), total=len(paths))
+        ray.shutdown()
+        emit("swept", removed=sweep_stale(output))
+        return 2
     swept = sweep_stale(output)
     elapsed = time.perf_counter() - t_start
     missing = sorted(set(paths) - set(seen))
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--num-cpus", type=float, default=0.5)
     r.add_argument("--batch-size", type=int, default=1)
     r.add_argument("--slow-write", type=float, default=0.0, help="pause mid-write (seconds): temporaries exist")
-    r.add_argument("--fault-tolerance", choices=("explicit", "default"), default="explicit")
+    r.add_argument("--fault-tolerance", choices=("explicit", "default", "off"), default="explicit")
     r.add_argument("--journal", default="", help="append every attempt's record to this file")
     args = parser.parse_args(argv)
     if args.command == "make-inputs":

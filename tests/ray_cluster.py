@@ -205,6 +205,7 @@ class Supervisor:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TMPDIR": str(self.root),  # a driver's local ray.init() would use /tmp/ray otherwise
             MARKER: config.cluster_id,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }

@@ -110,18 +110,21 @@ def journal(out: Path) -> Counter:
 
 def test_cluster_is_loopback_only_with_two_nodes(cluster: LoopbackCluster) -> None:
     script = (
-        "import json, subprocess, ray\n"
+        "import json, os, subprocess, ray\n"
         "ray.init()\n"
         "links = subprocess.run(['ip', '-o', 'link'], capture_output=True, text=True).stdout.splitlines()\n"
         "listen = subprocess.run(['ss', '-Hltn'], capture_output=True, text=True).stdout.split()[3::5]\n"
         "print(json.dumps({'nodes': [n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']],\n"
-        "                  'cpus': ray.cluster_resources()['CPU'], 'links': links, 'listen': listen}))\n"
+        "                  'cpus': ray.cluster_resources()['CPU'], 'links': links, 'listen': listen,\n"
+        "                  'home': os.path.expanduser('~'), 'tmp': os.environ['RAY_TMPDIR']}))\n"
     )
     driver = cluster.spawn("loopback", [sys.executable, "-c", script])
     assert cluster.wait("loopback", timeout=60) == 0, driver.stderr_path.read_text()[-2000:]
     info = json.loads([line for line in driver.lines() if line.startswith("{")][-1])
     assert info["nodes"] == ["127.0.0.1", "127.0.0.1"]
     assert info["cpus"] == 2
+    # never the real ~/.ray (auth token) nor the shared /tmp/ray
+    assert info["home"].startswith(str(cluster.root)) and info["tmp"] == str(cluster.root)
     assert len(info["links"]) == 1 and ": lo:" in info["links"][0]
     assert info["listen"] and all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in info["listen"])
     # every port the harness pinned is the one in use
@@ -252,3 +255,20 @@ def test_local_mode_without_a_cluster_address(tmp_path: Path, inputs) -> None:
     result = summary(driver.lines())
     assert (result["ok"], result["failed"], result["missing"]) == (FILES - 1, 1, [])
     check_outputs(out, paths, corrupt)
+
+
+def test_plain_mode_never_starts_ray(inputs) -> None:
+    """The baseline loop runs outside the namespaces: it must not start Ray as a side effect."""
+    import ray
+
+    sys.path.insert(0, str(POC.parent))
+    try:
+        from ray_poc import main
+    finally:
+        sys.path.remove(str(POC.parent))
+    paths, out, _ = inputs
+    for path in paths[3:-1]:
+        path.unlink()
+    assert main(["plain", "--input", str(paths[0].parent), "--output", str(out)]) == 0
+    assert not ray.is_initialized()
+    assert len(list(out.glob("*.png"))) == 3
