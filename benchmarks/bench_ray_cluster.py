@@ -45,18 +45,27 @@ def overhead(args: argparse.Namespace, work: Path) -> None:
     )  # fmt: skip
     plain = events(done.stdout.splitlines())[-1]
     print(json.dumps({"mode": "plain", "load": load(), **plain}), flush=True)
-    for nodes in (2, 0):
+    for nodes, rows in ((2, 1), (2, 8), (0, 1)):
         t0 = time.monotonic()
         with LoopbackCluster(work / f"c{nodes}", nodes=nodes) as cluster:
             extra = ["--expect-nodes", "2"] if nodes else ["--address", "local"]
-            argv = [sys.executable, str(POC), "run", "--input", str(work / "in"), "--output", str(work / f"out{nodes}")]
-            driver = cluster.spawn("poc", argv + extra)
+            argv = [
+                sys.executable,
+                str(POC),
+                "run",
+                "--input",
+                str(work / "in"),
+                "--output",
+                str(work / f"out{nodes}-{rows}"),
+            ]
+            driver = cluster.spawn("poc", [*argv, *extra, "--rows-per-block", str(rows)])
             code = cluster.wait("poc", timeout=900)
         result = events(driver.lines())[-1]
         per_file = 1000 * result["steady_s"] / max(1, result["files"] - 1)
         print(json.dumps({
-            "mode": "cluster-2-nodes" if nodes else "local-ray.init", "rc": code, "load": load(),
+            "mode": "cluster-2-nodes" if nodes else "local-ray.init", "rows_per_block": rows, "rc": code, "load": load(),
             "cluster_start_s": cluster.timings.get("start_s"), "init_s": result["init_s"],
+            "first_actor_ready_s": result["first_actor_ready_s"], "actor_model_load_s": result["actor_model_load_s"],
             "first_record_s": result["first_record_s"], "total_s": result["total_s"],
             "steady_wall_ms_per_file": round(per_file, 2), "udf_ms_per_file": result["udf_ms_per_file"],
             "wall_s_including_cluster": round(time.monotonic() - t0, 2), "survivors": cluster.survivors(),

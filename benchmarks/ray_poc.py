@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-FIELDS = ("path", "output", "status", "seconds", "error", "node", "pid")
+FIELDS = ("path", "output", "status", "seconds", "error", "node", "pid", "actor_init_s", "actor_ready_at")
 
 
 def emit(event: str, **data: Any) -> None:
@@ -68,7 +68,10 @@ def make_inputs(folder: Path, count: int, size: int = 32, corrupt: int = 0) -> l
 class Upscaler:
     """The stateful UDF: one model per actor; per file read, compute, atomic write, small record."""
 
-    def __init__(self, output: str, delay: float = 0.0, slow_write: float = 0.0, journal: str = "") -> None:
+    def __init__(
+        self, output: str, delay: float = 0.0, slow_write: float = 0.0, journal: str = "", raise_errors: bool = False
+    ) -> None:
+        t0 = time.perf_counter()
         import torch
 
         torch.set_num_threads(1)
@@ -76,12 +79,13 @@ class Upscaler:
         self.torch = torch
         self.model = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.PixelShuffle(2)).eval()
         self.output = Path(output)
-        self.delay, self.slow_write, self.journal = delay, slow_write, journal
+        self.delay, self.slow_write, self.journal, self.raise_errors = delay, slow_write, journal, raise_errors
         self.pid = os.getpid()
         # Only inside Ray: ray.get_runtime_context() in a process not connected to Ray *starts* a local
         # instance on the host (on its interface address, token in ~/.ray) - never in plain mode.
         ray = sys.modules.get("ray")
         self.node = ray.get_runtime_context().get_node_id()[:8] if ray and ray.is_initialized() else "local"
+        self.init_s, self.ready_at = round(time.perf_counter() - t0, 3), time.time()  # model load, once per actor
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         records = [self.one(str(path)) for path in batch["path"]]
@@ -120,6 +124,11 @@ class Upscaler:
             atomic_write(target, write)
         except Exception as exc:  # this file's own failure: a record, never an exception for Ray to retry
             status, error = "failed", f"{type(exc).__name__}: {exc}"
+            if self.raise_errors:  # only to show what Ray does with an exception escaping the UDF
+                if self.journal:
+                    with open(self.journal, "a") as log:
+                        log.write(json.dumps({"path": path, "status": "raised", "pid": self.pid}) + "\n")
+                raise
         record = {
             "path": path,
             "output": str(target) if status == "ok" else "",
@@ -128,6 +137,8 @@ class Upscaler:
             "error": error,
             "node": self.node,
             "pid": self.pid,
+            "actor_init_s": self.init_s,
+            "actor_ready_at": self.ready_at,
         }
         if self.journal:  # every attempt, so re-executions after a node loss can be counted
             with open(self.journal, "a") as log:
@@ -165,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from hat_cli.atomic import sweep_stale
 
-    t_start = time.perf_counter()
+    t_start, t0_epoch = time.perf_counter(), time.time()
     paths = sorted(str(p) for p in Path(args.input).glob("*.png"))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -189,7 +200,10 @@ def run(args: argparse.Namespace) -> int:
         }
     elif args.fault_tolerance == "off":  # for comparison only: what the knobs buy
         remote_args = {"max_restarts": 0, "max_task_retries": 0}
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
+    # One file per block by default: each file is its own task, its own unit of retry, and its record
+    # streams back as soon as it is done. --rows-per-block N trades that for less per-task overhead.
+    blocks = max(1, -(-len(paths) // args.rows_per_block))
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
     ds = ds.map_batches(
         Upscaler,
         fn_constructor_kwargs={
@@ -197,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
             "delay": args.delay,
             "slow_write": args.slow_write,
             "journal": args.journal,
+            "raise_errors": args.raise_errors,
         },
         batch_size=args.batch_size,
         compute=ray.data.ActorPoolStrategy(size=args.concurrency),
@@ -207,11 +222,13 @@ def run(args: argparse.Namespace) -> int:
     counts = {"ok": 0, "failed": 0}
     t_first = t_last = None
     in_actor_s = 0.0
+    actors: dict[int, tuple[float, float]] = {}  # pid -> (model load seconds, ready at)
     try:
         for row in ds.iter_rows():
             t_last = time.perf_counter()
             t_first = t_first or t_last
             in_actor_s += row["seconds"]
+            actors[row["pid"]] = (row["actor_init_s"], row["actor_ready_at"])
             seen[row["path"]] = seen.get(row["path"], 0) + 1
             counts[row["status"]] += 1
             emit("record", **{key: row[key] for key in FIELDS}, done=len(seen), total=len(paths), at=time.time())
@@ -221,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         emit("swept", removed=sweep_stale(output))
         return 130
     except Exception as exc:  # the run itself failed (e.g. an actor lost with fault tolerance off)
-        emit("error", error=f"{type(exc).__name__}: {str(exc)[:500]}", done=len(seen), total=len(paths))
+        emit("error", error=f"{type(exc).__name__}: {str(exc)[-3000:]}", done=len(seen), total=len(paths))
         ray.shutdown()
         emit("swept", removed=sweep_stale(output))
         return 2
@@ -242,6 +259,10 @@ def run(args: argparse.Namespace) -> int:
         steady_s=round((t_last or 0) - (t_first or 0), 3),
         udf_ms_per_file=round(1000 * in_actor_s / max(1, len(seen)), 2),
         total_s=round(elapsed, 2),
+        actors=len(actors),
+        actor_model_load_s=max((a[0] for a in actors.values()), default=None),
+        # from the driver's start to the first actor holding its model (worker start, imports, model)
+        first_actor_ready_s=round(min((a[1] for a in actors.values()), default=t0_epoch) - t0_epoch, 2),
     )
     ray.shutdown()
     return 0 if not missing else 1
@@ -289,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--concurrency", type=int, default=2)
     r.add_argument("--num-cpus", type=float, default=0.5)
     r.add_argument("--batch-size", type=int, default=1)
+    r.add_argument("--rows-per-block", type=int, default=1)
     r.add_argument("--slow-write", type=float, default=0.0, help="pause mid-write (seconds): temporaries exist")
     r.add_argument("--fault-tolerance", choices=("explicit", "default", "off"), default="explicit")
+    r.add_argument("--raise-errors", action="store_true", help="let a file's exception escape the UDF (demo)")
     r.add_argument("--journal", default="", help="append every attempt's record to this file")
     args = parser.parse_args(argv)
     if args.command == "make-inputs":

@@ -161,6 +161,19 @@ def test_poc_processes_every_file_on_both_nodes(cluster: LoopbackCluster, inputs
     check_outputs(out, paths, corrupt)
 
 
+def test_an_exception_escaping_the_udf_fails_the_run_without_retries(cluster: LoopbackCluster, inputs) -> None:
+    """What the per-file try/except protects against: with max_task_retries=-1, an application error
+    is still not retried (Ray Data's actor_task_retry_on_errors=False); the run stops at once."""
+    paths, out, _ = inputs
+    driver = cluster.spawn("raise", poc_argv(inputs, "--expect-nodes", 2, "--raise-errors"))
+    assert cluster.wait("raise", timeout=120) == 2, driver.stderr_path.read_text()[-3000:]
+    [error] = [e for e in events(driver.lines()) if e["event"] == "error"]
+    assert "cannot identify image file" in error["error"]
+    raised = [json.loads(line) for line in (out.parent / "journal.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in raised if r["status"] == "raised"] == [str(paths[-1])], "raised once, not retried"
+    assert temporaries(out) == []
+
+
 def test_sigint_on_the_driver_stops_the_work(cluster: LoopbackCluster, inputs) -> None:
     out = inputs[1]
     driver = cluster.spawn("ctrl-c", poc_argv(inputs, "--expect-nodes", 2, "--delay", 0.2, "--slow-write", 0.5))
