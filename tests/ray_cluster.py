@@ -354,12 +354,24 @@ class Supervisor:
             self.teardown()
 
 
+def loopback_up() -> None:
+    """``ip link set lo up`` without iproute2: SIOCGIFFLAGS/SIOCSIFFLAGS on a socket (sends nothing)."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        flags = struct.unpack("16sh", fcntl.ioctl(sock, siocgifflags, struct.pack("16sh", b"lo", 0)))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+
+
 def _pid1(config: ClusterConfig) -> int:
     """PID 1 of the new PID namespace: bring up ``lo``, fork the supervisor, reap every orphan.
 
     When the supervisor exits, so does PID 1, and the kernel kills whatever is left in the namespace.
     """
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    loopback_up()
     child = os.fork()
     if child == 0:
         try:
@@ -397,11 +409,22 @@ def unshare_available() -> str | None:
     """None when ``unshare --net --pid`` works here, else why not."""
     if not sys.platform.startswith("linux"):
         return "needs Linux namespaces"
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs util-linux unshare and iproute2 ip"
+    if shutil.which("unshare") is None:
+        return "needs util-linux unshare"
     try:
         done = subprocess.run(
-            ["unshare", "--net", "--pid", "--mount-proc", "--fork", "--kill-child", "ip", "link", "set", "lo", "up"],
+            [
+                "unshare",
+                "--net",
+                "--pid",
+                "--mount-proc",
+                "--fork",
+                "--kill-child",
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+                "from tests.ray_cluster import loopback_up; loopback_up()",
+            ],
             capture_output=True,
             timeout=30,
         )
