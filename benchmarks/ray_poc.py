@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from hat_cli.atomic import atomic_write, sweep_stale  # noqa: E402 - the project's one atomic writer
+
 FIELDS = ("path", "output", "status", "seconds", "error", "node", "pid", "actor_init_s", "actor_ready_at")
 
 
@@ -93,7 +95,6 @@ class Upscaler:
 
     def one(self, path: str) -> dict[str, Any]:
         import numpy as np
-        from hat_cli.atomic import atomic_write
         from PIL import Image
 
         t0 = time.perf_counter()
@@ -174,7 +175,6 @@ def wait_for_nodes(count: int, timeout: float = 60) -> int:
 
 def run(args: argparse.Namespace) -> int:
     import ray
-    from hat_cli.atomic import sweep_stale
 
     t_start, t0_epoch = time.perf_counter(), time.time()
     paths = sorted(str(p) for p in Path(args.input).glob("*.png"))
