@@ -413,3 +413,26 @@ def test_library_errors_are_typed(tiny_net: HAT, small_image: np.ndarray) -> Non
     with pytest.raises(ImageTooSmall) as error:
         attribute(tiny_net, small_image[:3, :3], Window(0, 0, 4))
     assert error.value.exit_code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("arch", ["han", "rcan"])
+def test_lam_works_for_han_and_rcan(arch: str, small_image: np.ndarray) -> None:
+    """Convolutional families with an input range of 255 and no size multiple: batched == one at a time."""
+    from hat_cli.model.rcan import HANConfig, RCANConfig
+    from hat_cli.model.rcan.arch import build_network
+
+    config_type = HANConfig if arch == "han" else RCANConfig
+    torch.manual_seed(0)
+    net = build_network(config_type(scale=2, n_feats=8, n_resgroups=2, n_resblocks=1, reduction=4))
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if name.endswith("gamma"):
+                parameter.fill_(0.3)
+    net = net.eval().requires_grad_(False)
+    kwargs = dict(window=Window(4, 5, 6), sigma=1.2, steps=4, kernel=5)
+    single = attribute(net, small_image, batch=1, **kwargs)
+    batched = attribute(net, small_image, batch=4, **kwargs)
+    assert single.sr.shape == (3, 16, 22) and np.isfinite(single.attribution).all()
+    assert np.abs(single.attribution).max() > 0
+    assert _relative(batched.attribution, single.attribution) < 1e-5
+    assert 0 < single.diffusion_index < 100
