@@ -9,6 +9,7 @@ no install step).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -69,12 +70,15 @@ def network_macs(config: HATConfig, height: int, width: int) -> int:
 # --------------------------------------------------------------------------- spandrel
 
 
+@functools.cache
 def spandrel_hat_class() -> type[nn.Module]:
     """spandrel's ``HAT`` class, imported without ``spandrel/__init__`` (which needs torchvision).
 
     Raises ImportError (with the places looked at) when spandrel is neither installed nor in
     ``<repo>/.whl/``.
     """
+    if "spandrel.architectures.HAT.__arch.HAT" in sys.modules:
+        return sys.modules["spandrel.architectures.HAT.__arch.HAT"].HAT
     spec = importlib.util.find_spec("spandrel")
     if spec is None:
         wheels = sorted((REPO / ".whl").glob("spandrel-*.whl"))
