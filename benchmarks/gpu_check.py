@@ -106,6 +106,7 @@ FIXTURE_DIRS = (
 )
 PSNR_GOAL = 45.0  # dB, half precision vs fp32 (the goal)
 OOM_PSNR = 40.0  # dB, a run tiled by out-of-memory halving vs the untiled run
+OOM_SHARE = 0.3  # memory allowed above the weights in the oom section, as a share of the whole forward's
 FIXTURE_FP32_TOL = 1e-5
 MIB = 2**20
 
@@ -819,10 +820,14 @@ def section_oom(check: Check) -> None:
             check.need(10 * gflop(config, side, side) * 1e9 / 20e12 + 3, f"oom {case}")
             release(device)
             total = torch.cuda.get_device_properties(device).total_memory
-            allowed = torch.cuda.memory_allocated(device) + 0.4 * whole_bytes
+            # 30% of the predicted whole forward: the whole image must fail unless the model
+            # over-predicts 3x; a quarter-size tile fits if it is within 20% of the model.
+            allowed = torch.cuda.memory_allocated(device) + OOM_SHARE * whole_bytes
             runner: Any = model
             torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / total), device)
-            limit = f"{allowed / MIB:.0f} MiB allowed ({0.4:.0%} of the predicted whole forward above the weights)"
+            limit = (
+                f"{allowed / MIB:.0f} MiB allowed ({OOM_SHARE:.0%} of the predicted whole forward above the weights)"
+            )
         else:
             runner = FailsAbove(model, limit=int(0.3 * side * side))
             limit = "simulated: no CUDA (a forward of more than 30% of the image's pixels fails)"
