@@ -21,7 +21,8 @@ Examples::
     python benchmarks/bench_speed.py --threads 1                                    # CPU table
     python benchmarks/bench_speed.py --device cuda --sizes 64,128,256,512 --dtypes fp32,bf16,fp16
 
-Needs ``pip install --no-deps spandrel`` (benchmark only) and ../shared/tools beside the repo.
+Needs spandrel (benchmark only): ``pip install --no-deps spandrel``, or its wheel in ``.whl/``
+(see ``hat_models.py``).
 """
 
 from __future__ import annotations
@@ -44,79 +45,22 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO.parent / "shared" / "tools"))
 
-from hat_cli.model import HAT, HATConfig, layers  # noqa: E402
+from hat_models import DTYPES, MODELS, network_macs, our_config  # noqa: E402
+from hat_models import build_pair as build_config_pair  # noqa: E402
+
+from hat_cli.model import HAT, layers  # noqa: E402
 from hat_cli.model.compiled import CompiledNetwork  # noqa: E402
 
-# Official x4 hyper-parameters (window 16, overlap 0.5, conv_scale 0.01, mlp 2, num_feat 64).
-MODELS: dict[str, dict] = {
-    "hat-s": dict(embed_dim=144, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=24, squeeze_factor=24),
-    "hat": dict(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6, compress_ratio=3, squeeze_factor=30),
-    "hat-l": dict(embed_dim=180, depths=(6,) * 12, num_heads=(6,) * 12, compress_ratio=3, squeeze_factor=30),
-}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP32_TOLERANCE = 1e-4
 
 
-def our_config(name: str) -> HATConfig:
-    return HATConfig(upscale=4, window_size=16, mlp_ratio=2.0, **MODELS[name])
-
-
-def build_spandrel(name: str, seed: int = 0) -> nn.Module:
-    from spandrel_hat import HAT as SpandrelHAT  # benchmark-only dependency
-
-    torch.manual_seed(seed)
-    return SpandrelHAT(
-        upscale=4,
-        in_chans=3,
-        window_size=16,
-        overlap_ratio=0.5,
-        conv_scale=0.01,
-        mlp_ratio=2.0,
-        img_range=1.0,
-        upsampler="pixelshuffle",
-        resi_connection="1conv",
-        **MODELS[name],
-    ).eval()
-
-
 def build_pair(name: str, seed: int = 0) -> tuple[HAT, nn.Module]:
-    """(ours, spandrel) with spandrel's random weights in both; index buffers are not weights."""
-    spandrel = build_spandrel(name, seed)
-    ours = HAT(our_config(name)).eval()
-    state = {k: v for k, v in spandrel.state_dict().items() if "relative_position_index" not in k}
-    ours.load_state_dict(state, strict=True)
-    for model in (ours, spandrel):
-        model.requires_grad_(False)
-    return ours, spandrel
+    """(ours, spandrel) for an official x4 configuration, with spandrel's random weights in both."""
+    return build_config_pair(our_config(name), seed)
 
 
 # --------------------------------------------------------------------------- FLOPs
-
-
-def network_macs(config: HATConfig, height: int, width: int) -> int:
-    """Multiply-adds of one forward on a (H, W) input (padded to the window multiple), counting
-    convolutions, linear layers and both attention matmuls; softmax, norms and activations are
-    not multiply-adds and are left out (as FlopCounterMode does)."""
-    ws = config.window_size
-    pixels = (height + -height % ws) * (width + -width % ws)
-    c, hidden, nf = config.embed_dim, config.mlp_hidden, config.num_feat
-    cab = c // config.compress_ratio
-    n, nk = ws * ws, config.overlap_window_size**2
-    mlp = 2 * c * hidden
-    hab = 3 * c * c + 2 * n * c + c * c + 9 * c * cab * 2 + mlp  # qkv, q.k + a.v, proj, CAB, MLP
-    ca = 2 * c * (c // config.squeeze_factor)  # channel attention on the pooled vector, per image
-    ocab = 3 * c * c + 2 * nk * c + c * c + mlp
-    blocks = sum(config.depths)
-    per_pixel = 9 * config.in_chans * c + blocks * hab + len(config.depths) * (ocab + 9 * c * c)
-    per_pixel += 9 * c * c + 9 * c * nf  # conv_after_body, conv_before_upsample
-    up, area = 0, 1
-    for _ in range(int(math.log2(config.upscale))):
-        up += 9 * nf * 4 * nf * area
-        area *= 4
-    per_pixel += up + 9 * nf * config.in_chans * area
-    return pixels * per_pixel + blocks * ca
 
 
 def check_flops(name: str) -> None:
@@ -126,8 +70,12 @@ def check_flops(name: str) -> None:
     model = HAT(our_config(name)).eval()
     model.set_fused_attention(False)
     x = torch.rand(1, 3, 32, 48)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
+    onednn, layers.ONEDNN_LINEAR = layers.ONEDNN_LINEAR, False  # FlopCounterMode does not see oneDNN's op
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        layers.ONEDNN_LINEAR = onednn
     counted, analytic = counter.get_total_flops(), 2 * network_macs(model.config, 32, 48)
     print(f"# flops check {name} 32x48: FlopCounterMode {counted / 1e9:.3f} GFLOP, analytic {analytic / 1e9:.3f}")
     if abs(counted - analytic) > 1e-3 * counted:

@@ -20,6 +20,7 @@ from torch import nn
 from .baseline import BicubicUpscaler
 from .checkpoint import load_model
 from .errors import ConfigError
+from .model import layers
 from .model.compiled import CompiledNetwork
 from .model.contract import Network
 from .model.ensemble import SelfEnsemble
@@ -142,6 +143,8 @@ class Upscaler(UpscalerBase):
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.eval().to(self.device)
         self.model.requires_grad_(False)
+        if self.device.type in layers.CHANNELS_LAST_DEVICES:  # convolution weights in NHWC too
+            self.model.to(memory_format=torch.channels_last)
         # What inference calls: the network, or wrappers of it (same contract, same outputs).
         self.runner: Network = CompiledNetwork(self.model) if compile else self.model
         if self_ensemble:

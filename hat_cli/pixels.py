@@ -74,14 +74,21 @@ def to_tensor(array: np.ndarray) -> Tensor:
 
 
 def quantize(block: Tensor, dtype: PixelType = np.uint8) -> np.ndarray:
-    """(C, H, W) float tensor in 0..1 (any device) -> H x W x C integer pixels of ``dtype``."""
+    """(C, H, W) float tensor in 0..1 (any device) -> H x W x C integer pixels of ``dtype``.
+
+    The rounding runs where the block is; the integers (exact in uint8/int32) cross to the host,
+    one byte per value for uint8 output instead of four.
+    """
     import torch
 
     dtype = check_pixel_type(dtype)
     values = block.detach().float().nan_to_num(0.0).clamp_(0.0, 1.0).mul_(peak(dtype))
     rounded = torch.round(values)
     rounded += (values - rounded == 0.5).to(rounded.dtype)
-    return rounded.permute(1, 2, 0).to("cpu").numpy().astype(dtype)
+    levels = rounded.to(torch.uint8 if dtype == np.uint8 else torch.int32).permute(1, 2, 0)
+    if levels.device.type != "cpu":
+        levels = levels.contiguous().cpu()  # one dense copy in the output's layout
+    return levels.numpy().astype(dtype, copy=False)
 
 
 __all__ = [

@@ -18,7 +18,9 @@ One image goes through three steps:
 3. **Run** (:class:`TileEngine`). Tiles are processed one grid row (a *band*) at a time. Float
    accumulators exist only for the current band; rows that no later tile touches are handed to a
    sink (quantised into a preallocated uint8/uint16 array, or copied into a float canvas). Peak
-   memory is the output plus one band, not a float32 copy of the whole output.
+   memory is the output plus one band, not a float32 copy of the whole output. The band lives in
+   host memory, or on the device for device types in :data:`DEVICE_BANDS` (then blending and
+   quantisation run on the device and only finished integer rows cross to the host).
 
 Out-of-memory errors (CUDA, MPS, CPU allocator) halve the tile and retry it as a tiled image of
 its own; nothing from a failed forward is ever pasted. In fp16/bf16 every tile is checked for
@@ -48,10 +50,21 @@ from .pixels import quantize, to_tensor
 Blend = Literal["feather", "crop"]
 Progress = Callable[[int, int], None]  # (tiles done, tiles total)
 Reader = Callable[[int, int, int, int], Tensor]  # (y0, y1, x0, x1) -> (C, y1-y0, x1-x0) float32 in [0, 1]
-Writer = Callable[[int, Tensor], None]  # (first output row, (C, rows, out_width) float32 block)
+Writer = Callable[[int, Tensor], None]  # (first output row, (C, rows, out_width) float32 block, host or device)
 
 MIN_DEFAULT_OVERLAP = 32  # input pixels; see default_overlap
 MAX_AUTO_BATCH = 8  # tiles per forward on GPUs; more rarely helps and delays the first OOM signal
+
+# Device types whose band accumulator lives on the device (blending, and quantisation in
+# array_writer, run there; blocks are bit-identical to host bands: the same float32 products and
+# sums). Off by default until measured on a GPU (benchmarks/gpu_check.py, "switches"): the band
+# then takes device memory, which choose_tile counts against the device budget.
+DEVICE_BANDS: set[str] = set()
+
+
+def band_device(device: torch.device) -> torch.device:
+    """Where the band accumulator of a run on ``device`` lives."""
+    return device if device.type in DEVICE_BANDS else torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- planning
@@ -297,7 +310,7 @@ class TileChoice:
 
     tile: int  # 0 = whole image
     batch: int
-    estimate: int  # bytes per forward (device) at this tile and batch
+    estimate: int  # device bytes at this tile and batch: the forward (and the band, if on the device)
     budget: int  # bytes of device memory allowed
     reason: str
 
@@ -319,7 +332,8 @@ def choose_tile(
 
     ``output_bytes``: the caller's final output buffer, which lives in host RAM alongside the band
     accumulator (``channels x tile*scale x width*scale`` float32). On CUDA the forward must fit the
-    GPU budget and the band the host budget; on CPU/MPS everything shares the host budget.
+    GPU budget and the band the host budget (the GPU budget with :data:`DEVICE_BANDS`); on CPU/MPS
+    everything shares the host budget.
     ``batch=None`` batches as many tiles per forward as fit (CUDA only; 1 elsewhere).
     """
     window, scale = model.size_multiple, model.scale
@@ -327,6 +341,7 @@ def choose_tile(
     host_free = available_ram()
     host = int(host_free * BUDGET_SHARE["cpu"]) if host_budget is None else host_budget
     shared = device.type != "cuda"
+    band_on_device = not shared and band_device(device) == device
     if budget is None:
         free = free_device_memory(device)
         budget = int(free * BUDGET_SHARE.get(device.type, 0.5))
@@ -334,21 +349,28 @@ def choose_tile(
         budget = min(budget, host)
     pad_h, pad_w = -(-height // window) * window, -(-width // window) * window
 
+    def forward_bytes(tile: int) -> int:
+        return int(per_pixel * min(tile, pad_h) * min(tile, pad_w))
+
+    def band_bytes(tile: int) -> int:  # the band and the tile output copies, float32
+        return 4 * channels * (min(tile, pad_h) * scale) * (pad_w * scale + 2 * min(tile, pad_w) * scale)
+
     def costs(tile: int) -> tuple[int, int]:
-        th, tw = min(tile, pad_h), min(tile, pad_w)
-        forward = int(per_pixel * th * tw)
-        band = 4 * channels * (th * scale) * (pad_w * scale + 2 * tw * scale)  # band + tile output copies
-        return forward, band + output_bytes
+        """(device bytes, host bytes); on CPU/MPS both are the same memory."""
+        if band_on_device:
+            return forward_bytes(tile) + band_bytes(tile), output_bytes
+        return forward_bytes(tile), band_bytes(tile) + output_bytes
 
     def fits(tile: int) -> bool:
-        forward, band = costs(tile)
-        return forward + band <= budget if shared else (forward <= budget and band <= host)
+        on_device, on_host = costs(tile)
+        return on_device + on_host <= budget if shared else (on_device <= budget and on_host <= host)
 
     largest = max(pad_h, pad_w)
     tile = largest
     while tile > window and not fits(tile):
         tile -= window
-    forward = costs(tile)[0]
+    forward = forward_bytes(tile)
+    device_band = band_bytes(tile) if band_on_device else 0
     where = "GPU" if device.type == "cuda" else "RAM"
     if not fits(tile):
         reason = f"nothing fits in {_gib(budget)} of free {where}: smallest tile, relying on OOM retries"
@@ -359,8 +381,8 @@ def choose_tile(
     whole = tile >= pad_h and tile >= pad_w
     plan = make_plan(height, width, scale, window, 0 if whole else tile, overlap)
     if batch is None:
-        batch = choose_batch(model, plan, device, dtype, budget)
-    return TileChoice(0 if whole else tile, batch, forward * batch, budget, reason)
+        batch = choose_batch(model, plan, device, dtype, budget - device_band)
+    return TileChoice(0 if whole else tile, batch, forward * batch + device_band, budget, reason)
 
 
 def choose_batch(
@@ -432,7 +454,8 @@ class TileStats:
             text += f"; {self.reason}"
         report = self.report
         if report.oom_retries:
-            text += f"; {report.oom_retries} out-of-memory retries, tile halved to {report.smallest_tile} px"
+            text += f"; {report.oom_retries} out-of-memory retries, "
+            text += f"tile halved to {report.smallest_tile} px" if report.smallest_tile else "batch halved"
         if report.fp32_fallbacks:
             text += f"; {report.fp32_fallbacks} tile(s) recomputed in fp32 (non-finite values)"
         return text
@@ -495,13 +518,16 @@ class TileEngine:
         return report
 
     def _run(self, plan: TilePlan, read: Reader, write: Writer, progress: Progress | None, report: RunReport) -> None:
-        band = _Band(plan, write)
+        band = _Band(plan, write, band_device(self.device))
         read = padded_reader(read, plan.height, plan.width, plan.window)
         done = 0
         for i, y in enumerate(plan.ys):
             pending = list(enumerate(plan.xs))
             while pending:
-                chunk, pending = pending[: self.batch_limit], pending[self.batch_limit :]
+                # Balanced chunks (5 tiles at batch 4: 3 + 2, not 4 + 1): as many forwards, and
+                # fewer distinct batch shapes for a compiled network to see.
+                size = -(-len(pending) // -(-len(pending) // self.batch_limit))
+                chunk, pending = pending[:size], pending[size:]
                 tiles = torch.stack([read(y, y + plan.tile_h, x, x + plan.tile_w) for _, x in chunk])
                 out = self.infer(tiles, plan, report)  # (B, C, tile_h*s, tile_w*s)
                 for k, (j, x) in enumerate(chunk):
@@ -521,7 +547,10 @@ class TileEngine:
         if self.max_side is not None and max(height, width) > self.max_side:
             return torch.cat([self._subtiled(tile, plan, report) for tile in tiles])
         if count > self.batch_limit:
-            return torch.cat([self.infer(part, plan, report) for part in tiles.split(self.batch_limit)])
+            # Parts before an out-of-memory error come from the device, parts after it may be
+            # sub-tiled canvases: gather them in one place.
+            parts = [self.infer(part, plan, report) for part in tiles.split(self.batch_limit)]
+            return torch.cat([part.to(self.device) for part in parts])
         try:
             return self.forward(tiles, report)
         except Exception as exc:
@@ -547,12 +576,12 @@ class TileEngine:
         self.max_side = max(self.window, (side // 2) // self.window * self.window)
 
     def _subtiled(self, tile: Tensor, plan: TilePlan, report: RunReport) -> Tensor:
-        """(C, h, w) -> (1, C, s*h, s*w) on the CPU: one tile upscaled as an image of smaller tiles."""
+        """(C, h, w) -> (1, C, s*h, s*w) on the band's device: one tile upscaled as an image of smaller tiles."""
         assert self.max_side is not None
         channels, height, width = tile.shape
         overlap = None if plan.whole else plan.overlap  # an untiled plan has none: use the default
         sub = make_plan(height, width, plan.scale, plan.window, self.max_side, overlap, None, plan.blend)
-        canvas = torch.empty(channels, height * plan.scale, width * plan.scale)
+        canvas = torch.empty(channels, height * plan.scale, width * plan.scale, device=band_device(self.device))
 
         def write(row: int, block: Tensor) -> None:
             canvas[:, row : row + block.shape[1]] = block
@@ -592,12 +621,13 @@ class _Band:
     """The float accumulator for one grid row of output (a *band*): weighted tile outputs are added
     in, and rows that no later tile touches are handed to the writer, cropped to the image."""
 
-    def __init__(self, plan: TilePlan, write: Writer) -> None:
+    def __init__(self, plan: TilePlan, write: Writer, device: torch.device | None = None) -> None:
         self.plan, self.write = plan, write
+        self.device = device or torch.device("cpu")
         self.rows, self.cols = plan.row_weights, plan.col_weights
         self.height = max(w.hi - w.lo for w in self.rows)
         self.out_h, self.out_w = plan.height * plan.scale, plan.width * plan.scale
-        self.col_tensors = [torch.from_numpy(w.weight) for w in self.cols]
+        self.col_tensors = [torch.from_numpy(w.weight).to(self.device) for w in self.cols]
         self.buffer: Tensor | None = None  # output rows [lo, lo + height)
         self.lo = 0
 
@@ -605,11 +635,11 @@ class _Band:
         """Blend tile (i, j) at input position (y, x) into the band; ``out`` is (C, th*s, tw*s)."""
         s, row, col = self.plan.scale, self.rows[i], self.cols[j]
         if self.buffer is None:
-            self.buffer = torch.zeros(out.shape[0], self.height, self.plan.padded_width * s)
+            self.buffer = torch.zeros(out.shape[0], self.height, self.plan.padded_width * s, device=self.device)
         piece = out[:, row.lo - y * s : row.hi - y * s, col.lo - x * s : col.hi - x * s]
         row_weight = torch.from_numpy(row.weight)[:, None].to(piece.device)
         piece = piece * row_weight * self.col_tensors[j].to(piece.device)
-        self.buffer[:, row.lo - self.lo : row.hi - self.lo, col.lo : col.hi] += piece.to("cpu", torch.float32)
+        self.buffer[:, row.lo - self.lo : row.hi - self.lo, col.lo : col.hi] += piece.to(self.device, torch.float32)
 
     def finish_row(self, i: int) -> None:
         """Hand over the rows above the next grid row's first weighted row (without the padding)."""
@@ -628,13 +658,15 @@ class _Band:
 # --------------------------------------------------------------------------- sinks
 
 
-def array_writer(out: np.ndarray, rows_per_step: int = 32) -> Writer:
+def array_writer(out: np.ndarray, rows_per_step: int = 32, device_rows_per_step: int = 512) -> Writer:
     """A writer quantising blocks into ``out`` (H x W x C uint8/uint16) a few rows at a time,
-    so the float temporaries stay small."""
+    so the float temporaries stay small; blocks on a device are quantised there, in larger steps
+    (fewer kernel launches and host copies), and only the integers cross to the host."""
 
     def write(row: int, block: Tensor) -> None:
-        for start in range(0, block.shape[1], rows_per_step):
-            part = block[:, start : start + rows_per_step]
+        step = rows_per_step if block.device.type == "cpu" else device_rows_per_step
+        for start in range(0, block.shape[1], step):
+            part = block[:, start : start + step]
             out[row + start : row + start + part.shape[1]] = quantize(part, out.dtype)
 
     return write
@@ -650,6 +682,7 @@ def array_reader(array: np.ndarray) -> Reader:
 
 
 __all__ = [
+    "DEVICE_BANDS",
     "AxisWeight",
     "Blend",
     "RunReport",
@@ -663,6 +696,7 @@ __all__ = [
     "available_ram",
     "axis_starts",
     "axis_weights",
+    "band_device",
     "choose_batch",
     "choose_tile",
     "default_overlap",

@@ -260,3 +260,53 @@ def test_gradients_flow_after_inference_filled_the_caches() -> None:
     x.requires_grad_(True)
     model(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_channels_last_input_and_weights_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA channels-last switch, forced on CPU: NHWC input and convolution weights."""
+    model = random_model()
+    x = torch.rand(2, 3, 13, 9)
+    with torch.inference_mode():
+        expected = model(x)
+    monkeypatch.setattr(layers, "CHANNELS_LAST_DEVICES", {"cpu"})
+    upscaler = Upscaler(model, device="cpu", precision="fp32", tile=0)
+    weight = model.conv_first.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    seen = []
+    hook = model.conv_first.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    out = upscaler.upscale_tensor(x)
+    hook.remove()
+    assert seen and seen[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_compiled_network_pads_a_smaller_batch_to_the_compiled_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last, smaller chunk of a grid row reuses the graph of the full batch: one graph per image."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    config = HATConfig(
+        upscale=2, embed_dim=12, depths=(2,), num_heads=(2,), window_size=4, compress_ratio=3, squeeze_factor=4
+    )
+    model = random_model(config)
+    x = torch.rand(1, 3, 8, 40)  # tile 16, overlap 8: 1 x 4 tiles; batch 3 -> balanced chunks of 2 + 2
+    eager = Upscaler(model, device="cpu", precision="fp32", tile=16, tile_overlap=8, tile_batch=3)
+    expected = eager.upscale_tensor(x)
+    upscaler = Upscaler(model, device="cpu", precision="fp32", compile=True, tile=16, tile_overlap=8, tile_batch=3)
+    torch.testing.assert_close(upscaler.upscale_tensor(x), expected, atol=1e-5, rtol=0)
+    assert upscaler.runner.compiled_shapes == {(2, 3, 8, 16)}
+    runner = upscaler.runner
+    tiles = torch.rand(3, 3, 8, 16)
+    with torch.inference_mode():
+        full = runner(tiles)
+        one = runner(tiles[:1])  # padded to the compiled batch of 3, cut back to 1
+        torch.testing.assert_close(one, model(tiles[:1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(full, model(tiles), atol=1e-5, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # another precision: a bucket of its own
+            runner(tiles)
+    assert one.shape == (1, 3, 16, 32)
+    assert runner.compiled_shapes == {(2, 3, 8, 16), (3, 3, 8, 16)} and len(runner._buckets) == 3
+    off = Upscaler(model, device="cpu", precision="fp32", compile=True, tile=16, tile_overlap=8, tile_batch=3)
+    off.runner.pad_batch = False
+    with torch.inference_mode():
+        off.runner(tiles)
+        off.runner(tiles[:1])
+    assert off.runner.compiled_shapes == {(3, 3, 8, 16), (1, 3, 8, 16)}

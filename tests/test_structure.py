@@ -147,6 +147,11 @@ def test_one_rounding_rule_half_up_everywhere() -> None:
     assert pixels.to_levels(values).tolist() == [1, 2, 3, 255, 0, 254]
     unit = torch.tensor([[[0.5 / 255, 1.5 / 255, 2.5 / 255, float("nan"), 2.0, -1.0]]], dtype=torch.float64)
     assert pixels.quantize(unit.float()).ravel().tolist() == pixels.quantize_array(unit.numpy()).ravel().tolist()
+    deep = torch.tensor([[[0.5 / 65535, 2.5 / 65535, 65534.5 / 65535, float("nan"), 2.0, -1.0]]], dtype=torch.float64)
+    quantized = pixels.quantize(deep.float(), np.uint16)
+    assert quantized.dtype == np.uint16 and quantized.flags.writeable
+    levels = deep.float().numpy() * np.float32(65535)  # quantize scales in float32, then rounds half up
+    assert quantized.ravel().tolist() == pixels.to_levels(levels, np.uint16).ravel().tolist()
     from hat_cli.imresize import to_uint8
 
     assert to_uint8(values).tolist() == pixels.to_levels(values).tolist()

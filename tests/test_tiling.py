@@ -504,3 +504,45 @@ def test_wrappers_report_the_memory_of_what_runs() -> None:
     plain_run = Upscaler(plain, device="cpu", self_ensemble=True, memory_budget=budget)
     assert plain_run.runner.bytes_per_input_pixel() == plain_cost
     assert fused_run.plan(64, 64)[1].tile == 0 and plain_run.plan(64, 64)[1].tile > 0
+
+
+def test_rows_run_in_balanced_batches() -> None:
+    """5 tiles at batch 4 run as 3 + 2 (as many forwards as 4 + 1, fewer shapes to compile)."""
+    model = LocalNet().eval()
+    x = image(32, 96)
+    engine = TileEngine(model, CPU, torch.float32, batch=4)
+    out = run_tiled(engine, x, tile=32, overlap=16)
+    assert [shape[0] for shape in model.calls] == [3, 2]
+    torch.testing.assert_close(out, untiled(LocalNet().eval(), x[None])[0], atol=1e-5, rtol=0)
+
+
+def test_device_bands_give_the_host_bands_result_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The band accumulator on the engine's device (forced for the CPU here) sums the same products."""
+    from hat_cli import tiling
+
+    array = (image(45, 70, seed=2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    upscaler = Upscaler(tiny_hat(), device="cpu", tile=32, tile_overlap=16, tile_batch=2)
+    host = upscaler.upscale_array(array), upscaler.upscale_tensor(torch.from_numpy(array).permute(2, 0, 1)[None] / 255)
+    monkeypatch.setattr(tiling, "DEVICE_BANDS", {"cpu"})
+    assert tiling.band_device(CPU) == CPU
+    device = (
+        upscaler.upscale_array(array),
+        upscaler.upscale_tensor(torch.from_numpy(array).permute(2, 0, 1)[None] / 255),
+    )
+    np.testing.assert_array_equal(device[0], host[0])
+    assert torch.equal(device[1], host[1])
+
+
+def test_cuda_choice_counts_a_device_band_against_the_gpu_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hat_cli import tiling
+
+    cuda = torch.device("cuda")  # only planned here: nothing touches a GPU
+    model = Sized()
+    host_band = choose_tile(model, 400, 600, cuda, torch.bfloat16, budget=10**12, host_budget=20_000_000)
+    monkeypatch.setattr(tiling, "DEVICE_BANDS", {"cuda"})
+    device_band = choose_tile(model, 400, 600, cuda, torch.bfloat16, budget=10**12, host_budget=20_000_000)
+    assert 0 < host_band.tile < 400 and device_band.tile == 0  # the host no longer holds the band
+    tight = choose_tile(model, 400, 600, cuda, torch.bfloat16, budget=40_000_000, host_budget=10**12)
+    forward = 1000.0 * tight.tile**2
+    band = 4 * 3 * (2 * tight.tile) * (2 * 600 + 2 * 2 * tight.tile)
+    assert tight.estimate == forward * tight.batch + band <= 40_000_000

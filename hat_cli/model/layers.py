@@ -59,6 +59,18 @@ def cached(fn, *args):
 # to its unfused math path there. CPU's flash kernel takes any head dim.
 PAD_HEAD_DIM_DEVICES = {"cuda"}
 
+# Device types on which a network's input (and, through hat_cli.api.Upscaler, its convolution
+# weights) is made channels-last, so that every convolution, the first included, runs on NHWC
+# tensors (cuDNN's native layout for tensor cores). Every convolution after the first already
+# runs on channels-last views of the (B, H, W, C) features. Off until measured on a GPU
+# (benchmarks/gpu_check.py, "switches"); outputs are unchanged (tested on CPU).
+CHANNELS_LAST_DEVICES: set[str] = set()
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    """``x`` in channels-last memory format on :data:`CHANNELS_LAST_DEVICES`, else ``x``."""
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type in CHANNELS_LAST_DEVICES else x
+
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, fused: bool) -> Tensor:
     """Scaled dot-product attention with an additive mask.

@@ -33,7 +33,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..contract import values_to_bytes
-from ..layers import BiasCache, Linear, add_residual, attend, cached
+from ..layers import BiasCache, Linear, add_residual, attend, cached, to_channels_last
 from ..padding import reflect_pad_to_multiple
 from .config import HATConfig
 from .windows import (
@@ -381,7 +381,7 @@ class HAT(nn.Module):
         height, width = x.shape[-2:]
         x = reflect_pad_to_multiple(x, self.config.window_size)
         mean = self.mean.to(x.dtype)
-        x = (x - mean) * self.config.img_range
+        x = to_channels_last((x - mean) * self.config.img_range)
         x = self.conv_first(x)
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
