@@ -447,14 +447,16 @@ def process_job(
 class _Pipeline:
     """Reader thread -> model (calling thread) -> writer thread, through bounded queues."""
 
-    def __init__(self, upscaler: UpscalerBase, jobs: Sequence[Job], on_result, options: RunOptions, on_start) -> None:
-        self.upscaler, self.jobs, self.on_result, self.options, self.on_start = (
-            upscaler,
-            jobs,
-            on_result,
-            options,
-            on_start,
-        )
+    def __init__(
+        self,
+        upscaler: UpscalerBase,
+        jobs: Sequence[Job],
+        on_result: Callable[[FileResult], None],
+        options: RunOptions,
+        on_start: Callable[[Job], None] | None,
+    ) -> None:
+        self.upscaler, self.jobs, self.options = upscaler, jobs, options
+        self.on_result, self.on_start = on_result, on_start
         self.temps = TempFiles()
         self.closing = threading.Event()  # threads must wind down (end of run or abort)
         self.aborted = threading.Event()  # results after this point are not reported
