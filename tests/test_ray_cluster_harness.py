@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,15 +71,11 @@ def check_outputs(out: Path, inputs: list[Path], corrupt: set[str]) -> None:
             assert img.size == (64, 64)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackCluster]:
-    c = LoopbackCluster(tmp_path_factory.mktemp("ray-cluster"), nodes=2)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.close()
-        assert c.survivors() == [], "Ray processes outlived the cluster"
+@pytest.fixture
+def cluster(loopback_ray_cluster: LoopbackCluster) -> LoopbackCluster:
+    """The session's 2-node cluster (tests/conftest.py), with both nodes up."""
+    loopback_ray_cluster.ensure_nodes()
+    return loopback_ray_cluster
 
 
 @pytest.fixture
