@@ -29,8 +29,11 @@ FILES = 30
 
 
 def events(lines: list[str]) -> list[dict]:
-    """The POC's JSON events; Ray also forwards worker and raylet log lines to the driver's stdout."""
-    return [json.loads(line) for line in lines if line.startswith('{"event"')]
+    """The POC's JSON events; Ray also forwards worker and raylet log lines to the driver's stdout,
+    from another thread: one may land on the same line, right after an event (seen after Ctrl-C:
+    ``{"event": "interrupted", ...}(raylet) Task ... failed``), so only the leading object counts."""
+    decoder = json.JSONDecoder()
+    return [decoder.raw_decode(line)[0] for line in lines if line.startswith('{"event"')]
 
 
 def records(lines: list[str]) -> list[dict]:

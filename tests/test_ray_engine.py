@@ -366,6 +366,25 @@ def test_the_local_engine_never_imports_ray(tmp_path: Path, weights) -> None:
     assert done.stdout.strip() == "[]" and (tmp_path / "a_x2.png").exists()
 
 
+def test_a_dry_run_on_ray_plans_like_the_local_engine_without_starting_ray(tmp_path: Path, weights) -> None:
+    pytest.importorskip("ray.data", reason="needs Ray")
+    import ray
+
+    build_tree(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "out" / "rgb_x2.png")  # refused in both: exists
+    args = [str(tmp_path / "in"), "-r", "-o", str(tmp_path / "out"), "--weights", str(weights), "--dry-run", "--json"]
+    local = runner.invoke(app, ["upscale", *args])
+    on_ray = runner.invoke(app, ["upscale", *args, "--engine", "ray"])
+    untimed = [{**o, "seconds": 0} if o["type"] == "summary" else o for o in json_objects(local.stdout.splitlines())]
+    assert on_ray.exit_code == local.exit_code
+    assert [
+        {**o, "seconds": 0} if o["type"] == "summary" else o for o in json_objects(on_ray.stdout.splitlines())
+    ] == untimed
+    assert '"status": "planned"' in on_ray.stdout and "rgb_x2.png: exists" in on_ray.stdout
+    assert not ray.is_initialized()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
