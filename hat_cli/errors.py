@@ -27,6 +27,10 @@ class CheckpointError(HatError):
     """A weights file that is missing, unreadable, unsafe or not a HAT checkpoint."""
 
 
+class ClusterError(HatError):
+    """The Ray cluster cannot run the job: cannot connect, too few resources, workers cannot start."""
+
+
 class ModelNotAvailable(HatError):
     """A preset's checkpoint is not in the cache and cannot be fetched (offline, no mirror)."""
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ import torch
 from hat_cli.checkpoint import save_checkpoint
 from hat_cli.model import HAT, HATConfig
 from tests.store_server import LocalServer
+
+if TYPE_CHECKING:
+    from tests.ray_cluster import LoopbackCluster
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "hat-reference"
@@ -59,3 +63,19 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     model = HAT(TINY_CONFIG)
     return save_checkpoint(tmp_path / "tiny_x2.pth", model.state_dict(), TINY_CONFIG, params=model.state_dict())
+
+
+@pytest.fixture(scope="session")
+def loopback_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackCluster]:
+    """One real 2-node Ray cluster on 127.0.0.1 (tests/ray_cluster.py) for every Ray test module:
+    starting one takes 7-19 s here. Use it through a fixture that calls ``ensure_nodes()`` first, so
+    a node killed by an earlier test is back. Teardown checks that no Ray process outlived it."""
+    from tests.ray_cluster import LoopbackCluster
+
+    cluster = LoopbackCluster(tmp_path_factory.mktemp("ray-cluster"), nodes=2)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+        assert cluster.survivors() == [], "Ray processes outlived the cluster"

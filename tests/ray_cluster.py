@@ -624,6 +624,15 @@ class LoopbackCluster:
     def start_node(self, node: int) -> float:
         return self.request("start_node", timeout=200, node=node)["seconds"]
 
+    def ensure_nodes(self) -> list[int]:
+        """Start again every node but the head that has no process left (after :meth:`kill_node`), so
+        a cluster shared by several tests has all its nodes; returns the nodes started."""
+        alive = {info["node"] for info in self.processes().values()}
+        started = [node for node in range(2, self.config.nodes + 1) if node not in alive]
+        for node in started:
+            self.start_node(node)
+        return started
+
     def processes(self) -> dict[int, dict[str, Any]]:
         return {int(k): v for k, v in self.request("ps")["processes"].items()}
 

@@ -39,6 +39,7 @@ from ..batch import (
 from ..errors import ConfigError
 from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix
 from ..upscaling import UpscalerBase
+from .cluster import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, cluster_engine
 from .console import console, err_console, print_error, print_line
 from .options import (
     CompileOpt,
@@ -200,6 +201,11 @@ def upscale(
     quiet: QuietOpt = False,
     offline: OfflineOpt = False,
     verbose: VerboseOpt = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = None,
 ) -> None:
     """Upscale images and folders: hat upscale photos/ -r -o big/ --scale 4.
 
@@ -211,6 +217,7 @@ def upscale(
     # Damaged files make Pillow warn as well as fail; the failure is reported as one line already.
     warnings.filterwarnings("ignore", module=r"PIL\.")
     tile_size = parse_tile(tile)
+    ray_engine = cluster_engine(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)  # None: local
     if alpha not in ("bicubic", "model"):
         raise ConfigError(f"--alpha {alpha!r}: use bicubic or model")
     paths = _input_paths(inputs, from_list)
@@ -224,7 +231,14 @@ def upscale(
         reporter(result)
 
     not_started = 0
-    if sources:  # the model loads once, and only when there is something to upscale
+    if sources and ray_engine is not None:  # the actors load the model, the driver only names outputs
+        spec = dict(model=model, weights=weights, scale=scale, registry=registry, conv_scale=conv_scale)
+        spec |= dict(img_range=img_range, device=device, precision=precision, tile=tile_size, tile_overlap=tile_overlap)
+        spec |= dict(compile=compile_model, self_ensemble=self_ensemble, offline=offline)
+        options = RunOptions(max_pixels=max_pixels, alpha=alpha, quality=quality, overwrite=overwrite)  # type: ignore[arg-type]
+        spec["progress"] = download_progress(quiet or as_json)
+        not_started = ray_engine.run(sources, plan, reporter, dry_run, verbose, options, spec)
+    elif sources:  # the model loads once, and only when there is something to upscale
         from ..api import open_upscaler  # torch: only when a model runs (fast --help/--dry-run)
 
         upscaler = open_upscaler(
