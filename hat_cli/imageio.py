@@ -226,11 +226,17 @@ def _cmyk_to_rgb(image: Image.Image, picture: Picture) -> np.ndarray:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
         rgb = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
-        picture.icc_profile = srgb.tobytes()
+        picture.icc_profile = _undated(srgb.tobytes())
     else:  # no usable profile: Pillow's naive conversion, and no profile claiming otherwise
         rgb = image.convert("RGB")
         picture.icc_profile = None
     return np.asarray(rgb).copy()
+
+
+def _undated(icc: bytes) -> bytes:
+    """An ICC profile with its creation date/time (header bytes 24-35) zeroed: lcms stamps the
+    current time there, which would make the same input give different output bytes each run."""
+    return icc[:24] + bytes(12) + icc[36:]
 
 
 def _orient(array: np.ndarray, orientation: int) -> np.ndarray:

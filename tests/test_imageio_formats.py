@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -280,3 +281,11 @@ def test_damaged_tiff_that_pillow_rejects_is_still_one_input_error(tmp_path: Pat
     (tmp_path / "bad.tif").write_bytes(b"II*\x00" + bytes(range(60)))
     with pytest.raises(InputImageError, match=r"bad\.tif: (corrupt|not a recognised)"):
         read_picture(tmp_path / "bad.tif")
+
+
+def test_cmyk_conversion_gives_the_same_bytes_every_run(tree: dict[str, Path]) -> None:
+    """The sRGB profile made for CMYK inputs carries no creation time: identical runs, identical files."""
+    first = read_picture(tree["photos/cmyk.jpg"]).icc_profile
+    time.sleep(1.05)  # lcms stamps whole seconds
+    second = read_picture(tree["photos/cmyk.jpg"]).icc_profile
+    assert first is not None and first == second and first[24:36] == bytes(12)
