@@ -8,6 +8,7 @@ this module.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -58,8 +59,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    # torch knows more device types (meta, xpu, hpu...) than hat runs on: refuse them here, not per file.
+    if resolved.type not in ("cpu", "cuda", "mps") or (resolved.type != "cuda" and resolved.index not in (None, 0)):
+        raise ConfigError(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA GPU is available (use --device cpu)")
@@ -318,6 +322,10 @@ def open_upscaler(
     if weights is not None:
         if model is not None:
             raise ConfigError("give either --model or --weights, not both")
+        if conv_scale is not None and not math.isfinite(conv_scale):
+            raise ConfigError(f"--conv-scale {conv_scale}: must be a finite number (official models: 0.01)")
+        if img_range is not None and not (math.isfinite(img_range) and img_range > 0):
+            raise ConfigError(f"--img-range {img_range}: must be a finite number > 0 (official models: 1.0)")
         upscaler = Upscaler.from_file(weights, conv_scale=conv_scale, img_range=img_range, **kwargs)
         if scale is not None and scale != upscaler.scale:
             raise ConfigError(f"{weights} is a x{upscaler.scale} model but --scale {scale} was given")
