@@ -112,8 +112,9 @@ class Upscaler(UpscalerBase):
 
     Tiling (see :mod:`hat_cli.tiling`): ``tile="auto"`` picks the largest tile that fits in free
     memory (the whole image when it fits: then the result is exactly the untiled network's);
-    ``tile=N`` uses N-pixel input tiles (rounded down to the network's size multiple), ``tile=0``
-    never tiles. ``tile_overlap`` (input pixels, default two windows and at least 32) is shared by
+    ``tile=N`` uses N-pixel input tiles (rounded down to a multiple of the network's window, and
+    never below one window: ``tile=7`` runs 16-pixel tiles on the official models), ``tile=0`` never
+    tiles. ``tile_overlap`` (input pixels, default two windows and at least 32) is shared by
     neighbouring tiles and blended. ``tile_batch`` tiles go through one forward (default: as many
     as fit on CUDA, 1 on CPU). ``memory_budget`` (bytes) replaces the free-memory probe of
     ``tile="auto"``. After each image, :attr:`last_stats` says what was run.
