@@ -8,6 +8,7 @@ this module.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -59,8 +60,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    # torch knows more device types (meta, xpu, hpu...) than hat runs on: refuse them here, not per file.
+    if resolved.type not in ("cpu", "cuda", "mps") or (resolved.type != "cuda" and resolved.index not in (None, 0)):
+        raise ConfigError(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA GPU is available (use --device cpu)")
@@ -109,8 +113,9 @@ class Upscaler(UpscalerBase):
 
     Tiling (see :mod:`hat_cli.tiling`): ``tile="auto"`` picks the largest tile that fits in free
     memory (the whole image when it fits: then the result is exactly the untiled network's);
-    ``tile=N`` uses N-pixel input tiles (rounded down to the network's size multiple), ``tile=0``
-    never tiles. ``tile_overlap`` (input pixels, default two windows and at least 32) is shared by
+    ``tile=N`` uses N-pixel input tiles (rounded down to a multiple of the network's window, and
+    never below one window: ``tile=7`` runs 16-pixel tiles on the official models), ``tile=0`` never
+    tiles. ``tile_overlap`` (input pixels, default two windows and at least 32) is shared by
     neighbouring tiles and blended. ``tile_batch`` tiles go through one forward (default: as many
     as fit on CUDA, 1 on CPU). ``memory_budget`` (bytes) replaces the free-memory probe of
     ``tile="auto"``. After each image, :attr:`last_stats` says what was run.
@@ -321,6 +326,10 @@ def open_upscaler(
     if weights is not None:
         if model is not None:
             raise ConfigError("give either --model or --weights, not both")
+        if conv_scale is not None and not math.isfinite(conv_scale):
+            raise ConfigError(f"--conv-scale {conv_scale}: must be a finite number (official models: 0.01)")
+        if img_range is not None and not (math.isfinite(img_range) and img_range > 0):
+            raise ConfigError(f"--img-range {img_range}: must be a finite number > 0 (official models: 1.0)")
         upscaler = Upscaler.from_file(weights, conv_scale=conv_scale, img_range=img_range, **kwargs)
         if scale is not None and scale != upscaler.scale:
             raise ConfigError(f"{weights} is a x{upscaler.scale} model but --scale {scale} was given")

@@ -16,15 +16,17 @@ touched.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import OutputError
+from .errors import OutputError, OutputExists
 
 TEMP_SUFFIX = ".hat-part"
 _NAME_MAX = 255  # bytes per file name on Linux, macOS and Windows file systems
@@ -36,11 +38,29 @@ except ImportError:  # Windows: no advisory locks; stale temporaries are then le
     fcntl = None  # type: ignore[assignment]
 
 
+def _hidden_name(target: Path, token: str) -> Path:
+    """``.<name>.<token>.hat-part`` beside ``target``, shortened to fit 255 bytes (a shortened name
+    keeps a hash of the whole one, so two long names never share it)."""
+    room = _NAME_MAX - len(f"..{token}{TEMP_SUFFIX}")
+    name = os.fsencode(target.name)
+    if len(name) > room:
+        digest = hashlib.sha256(name).hexdigest()[:_TOKEN_HEX]
+        cut = room - _TOKEN_HEX - 1
+        while cut > 0 and name[cut] & 0xC0 == 0x80:  # never split a UTF-8 character
+            cut -= 1
+        name = name[:cut] + b"~" + digest.encode()
+    stem = os.fsdecode(name)
+    return target.with_name(f".{stem}.{token}{TEMP_SUFFIX}")
+
+
 def temp_name(target: Path) -> Path:
     """``.<name>.<random>.hat-part`` beside ``target``; long names are shortened to fit 255 bytes."""
-    room = _NAME_MAX - len(f"..{'0' * _TOKEN_HEX}{TEMP_SUFFIX}")
-    stem = os.fsencode(target.name)[:room].decode(errors="ignore")
-    return target.with_name(f".{stem}.{secrets.token_hex(_TOKEN_HEX // 2)}{TEMP_SUFFIX}")
+    return _hidden_name(target, secrets.token_hex(_TOKEN_HEX // 2))
+
+
+def claim_name(target: Path) -> Path:
+    """``.<name>.claim.hat-part``: the one claim file of ``target`` (see :func:`try_claim`)."""
+    return _hidden_name(target, "claim")
 
 
 def _lock_held_elsewhere(fd: int) -> bool:
@@ -107,6 +127,52 @@ def _sweep_one(path: Path) -> bool:
         os.close(fd)
 
 
+class Claim:
+    """A held claim on an output (see :func:`try_claim`); :meth:`release` removes it."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd, self.path = fd, path
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        with suppress(OSError):
+            self.path.unlink()  # while still locked: nobody can take a claim that is going away
+        os.close(self.fd)
+        self.fd = -1
+
+
+_CLAIM_TRIES = 4  # a sweeper holds a stale claim's lock for an instant: look again before giving up
+
+
+def try_claim(target: Path) -> Claim | None:
+    """Claim the right to write ``target`` among cooperating processes, or None when another live
+    process holds the claim (it is computing that output now).
+
+    The claim is a locked ``.<name>.claim.hat-part`` file beside the target: a process that dies
+    loses the lock, and :func:`sweep_stale` removes the file. Without ``flock`` (Windows) every
+    claim succeeds.
+    """
+    path = claim_name(target)
+    for attempt in range(_CLAIM_TRIES):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError:
+            return Claim(-1, path)  # cannot even create it (read-only folder): the write will say why
+        if fcntl is None:
+            return Claim(fd, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            time.sleep(0.02 * (attempt + 1))
+            continue
+        if _same_file(fd, path):
+            return Claim(fd, path)
+        os.close(fd)  # released and removed by its owner (or swept) meanwhile: take a fresh one
+    return None
+
+
 class TempFiles:
     """Temporary files being written, so an abort can remove them all (a hard stop while another
     thread is mid-write leaves nothing behind); after :meth:`discard_all` no new one is created."""
@@ -114,7 +180,26 @@ class TempFiles:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._paths: set[Path] = set()
+        self._claims: dict[Path, Claim] = {}
         self._closed = False
+
+    def claim(self, target: Path) -> bool:
+        """:func:`try_claim` ``target`` until :meth:`unclaim` (or :meth:`discard_all`); False when
+        another process holds it."""
+        with self._lock:
+            if self._closed:
+                return False
+            held = try_claim(target)
+            if held is None:
+                return False
+            self._claims[target] = held
+            return True
+
+    def unclaim(self, target: Path) -> None:
+        with self._lock:
+            held = self._claims.pop(target, None)
+        if held is not None:
+            held.release()
 
     def create(self, target: Path) -> tuple[int, Path]:
         with self._lock:
@@ -135,6 +220,27 @@ class TempFiles:
             for tmp in self._paths:
                 tmp.unlink(missing_ok=True)
             self._paths.clear()
+            for held in self._claims.values():
+                held.release()
+            self._claims.clear()
+
+
+def make_folders(folder: Path) -> None:
+    """``folder`` and its missing parents, one level at a time without recursion
+    (``Path.mkdir(parents=True)`` recurses once per level: a 1,100-level tree overflows it)."""
+    missing = []
+    current = Path(folder)
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for level in reversed(missing):
+        try:
+            level.mkdir()
+        except FileExistsError:
+            if not level.is_dir():
+                raise
 
 
 def _reason(exc: OSError) -> str:
@@ -158,7 +264,7 @@ def atomic_write(
     path = Path(path)
     temps = temps or TempFiles()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
     except OSError as exc:
         raise OutputError(f"{path}: cannot create its folder ({exc.strerror or exc})") from exc
     sweep_stale(path.parent)
@@ -172,7 +278,7 @@ def atomic_write(
             handle.flush()
             os.fsync(handle.fileno())  # data on disk before the rename makes it visible
             if not overwrite and path.exists():
-                raise OutputError(f"{path}: exists (pass --overwrite to replace it)")
+                raise OutputExists(f"{path}: exists (pass --overwrite to replace it)")
             commit(tmp, path)  # while still locked: a sweeper never sees it unlocked
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({_reason(exc)})") from exc
@@ -202,11 +308,15 @@ def write_bytes(path: Path, data: bytes | bytearray | memoryview, overwrite: boo
 
 __all__ = [
     "TEMP_SUFFIX",
+    "Claim",
     "TempFiles",
     "atomic_write",
+    "claim_name",
     "commit",
     "create_temp",
+    "make_folders",
     "sweep_stale",
     "temp_name",
+    "try_claim",
     "write_bytes",
 ]

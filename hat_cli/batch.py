@@ -21,9 +21,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from .atomic import TempFiles
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError, HatError
-from .imagefiles import resolved, scan_folder
+from .atomic import TempFiles, sweep_stale
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError, HatError, OutputExists
+from .imagefiles import FolderKey, resolved, scan_folder
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     Picture,
@@ -79,18 +79,25 @@ class Summary:
     model: str | None = None  # the upscaler's name (None when nothing was loaded)
     scale: int | None = None
 
+    stopped_by: int | None = None  # exit code of the signal that stopped the run at once (130, 143)
+
     def add(self, result: FileResult) -> None:
         setattr(self, result.status, getattr(self, result.status) + 1)
 
     @property
     def interrupted(self) -> bool:
-        return self.not_started > 0
+        return self.not_started > 0 or self.stopped_by is not None
+
+    @property
+    def nothing_found(self) -> bool:
+        """No image among the inputs (only non-image files, or empty folders): nothing to do."""
+        return not (self.done or self.skipped or self.failed or self.planned or self.interrupted)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_SOME_FAILED if self.failed else EXIT_OK
+            return self.stopped_by or EXIT_INTERRUPTED
+        return EXIT_SOME_FAILED if self.failed or self.nothing_found else EXIT_OK
 
     def to_json(self) -> dict:
         return {
@@ -139,7 +146,7 @@ def find_inputs(
     sources: list[Source] = []
     results: list[FileResult] = []
     seen: set[Path] = set()
-    visited: set[Path] = set()  # folders already walked: symlinks may loop back to a parent
+    visited: set[FolderKey] = set()  # folders already walked: symlinks may loop back to a parent
 
     def add(source: Source) -> None:
         key = resolved(source.path)
@@ -239,7 +246,11 @@ def _refusal(source: Source, target: Path, plan: OutputPlan, claimed: dict[Path,
         error = f"{target}: same output as {claimed[key]} (use --name or --format to tell them apart)"
         return FileResult(source.path, target, "failed", error=error)
     claimed[key] = source.path
-    if target.exists() and not plan.overwrite:
+    try:
+        exists = target.exists()
+    except OSError as exc:  # e.g. a name over 255 bytes: ENAMETOOLONG is not "does not exist"
+        return FileResult(source.path, target, "failed", error=f"{target}: cannot write ({exc.strerror or exc})")
+    if exists and not plan.overwrite:
         if plan.skip_existing:
             return FileResult(source.path, target, "skipped", error="output exists")
         error = f"{target}: exists (pass --overwrite to replace it or --skip-existing to keep it)"
@@ -349,12 +360,25 @@ def upscale_picture(upscaler: UpscalerBase, picture: Picture, alpha: AlphaMode =
 
 
 # ---------------------------------------------------------------------------------------- running
+def sweep_folders(folders: Iterable[Path]) -> int:
+    """Remove the temporary files that killed runs left in output folders (our own
+    ``.NAME.*.hat-part`` whose lock nobody holds); returns how many went."""
+    return sum(sweep_stale(folder) for folder in set(folders) if folder.is_dir())
+
+
+class SkipReason(str):
+    """Why a job was skipped rather than done (``--skip-existing`` and an output that appeared)."""
+
+
 @dataclass
 class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     alpha: AlphaMode = "bicubic"
     quality: int | None = None
     overwrite: bool = False
+    # Leave outputs that exist, or appear during the run, alone; outputs that another hat process
+    # is computing right now (it holds their claim) are skipped too, so concurrent runs share work.
+    skip_existing: bool = False
     prefetch: int = 2  # decoded images waiting for the model (memory bound: a few images)
     stop: threading.Event = field(default_factory=threading.Event)  # set: finish the current file, then stop
 
@@ -391,6 +415,11 @@ def _get(q: queue.Queue, closing: threading.Event) -> object:
 def read_job(job: Job, options: RunOptions) -> tuple[Picture | None, str | None]:
     """Decode the input and check the output format can hold it (before any upscaling)."""
     try:
+        if options.skip_existing and job.output.exists():
+            return None, SkipReason("output exists")
+    except OSError:
+        pass  # the write will say what is wrong with the name
+    try:
         picture = read_picture(job.source, options.max_pixels)
         check_writable(picture, job.output)
         return picture, None
@@ -403,6 +432,10 @@ def read_job(job: Job, options: RunOptions) -> tuple[Picture | None, str | None]
 def upscale_job(
     upscaler: UpscalerBase, job: Job, picture: Picture, options: RunOptions
 ) -> tuple[Picture | None, str | None]:
+    try:
+        check_writable(picture, job.output, upscaler.scale)  # the output's size, before the work
+    except HatError as exc:
+        return None, str(exc)
     try:
         return upscale_picture(upscaler, picture, options.alpha), None
     except HatError as exc:
@@ -417,6 +450,8 @@ def write_job(job: Job, picture: Picture, options: RunOptions, temps: TempFiles 
     try:
         write_picture(picture, job.output, options.quality, options.overwrite, temps)
         return None
+    except OutputExists as exc:
+        return SkipReason("output exists") if options.skip_existing else str(exc)
     except HatError as exc:
         return str(exc)
     except Exception as exc:
@@ -424,6 +459,8 @@ def write_job(job: Job, picture: Picture, options: RunOptions, temps: TempFiles 
 
 
 def _result(job: Job, picture: Picture | None, error: str | None, seconds: float) -> FileResult:
+    if isinstance(error, SkipReason):
+        return FileResult(job.source, job.output, "skipped", seconds, str(error))
     if error is not None:
         return FileResult(job.source, None, "failed", seconds, error)
     assert picture is not None
@@ -435,13 +472,29 @@ def process_job(
 ) -> FileResult:
     """Read, upscale and write one file; its result (failures included, never raised)."""
     options = options or RunOptions()
+    temps = temps or TempFiles()
     started = time.perf_counter()
     picture, error = read_job(job, options)
+    if picture is not None and (error := _claim(job, temps, options)) is not None:
+        picture = None
     if picture is not None:
         picture, error = upscale_job(upscaler, job, picture, options)
     if picture is not None:
         error = write_job(job, picture, options, temps)
+    temps.unclaim(job.output)
     return _result(job, picture, error, time.perf_counter() - started)
+
+
+def _claim(job: Job, temps: TempFiles, options: RunOptions) -> SkipReason | None:
+    """With ``skip_existing``, claim the output before computing it (None: go ahead)."""
+    if not options.skip_existing:
+        return None
+    if not temps.claim(job.output):
+        return SkipReason("being written by another hat run")
+    if job.output.exists():  # finished by another run since it was read
+        temps.unclaim(job.output)
+        return SkipReason("output exists")
+    return None
 
 
 class _Pipeline:
@@ -482,6 +535,7 @@ class _Pipeline:
                 started = time.perf_counter()
                 error = write_job(job, picture, self.options, self.temps)
                 seconds += time.perf_counter() - started
+            self.temps.unclaim(job.output)
             if self.aborted.is_set():
                 return
             self.on_result(_result(job, picture, error, seconds))
@@ -494,6 +548,8 @@ class _Pipeline:
                 break
             self.started_jobs += 1
             job, picture, error, seconds = item  # type: ignore[misc]
+            if error is None and (error := _claim(job, self.temps, self.options)) is not None:
+                picture = None
             if error is None:
                 if self.on_start is not None:
                     self.on_start(job)

@@ -7,7 +7,10 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
+EXIT_NETWORK = 4  # a download failed: every mirror, or the bytes that arrived, or storing them
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
+EXIT_STDOUT_CLOSED = 141  # standard output closed under us (`| head`): 128 + SIGPIPE, as Unix tools
+EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, CI cancel): 128 + 15
 
 
 class HatError(Exception):
@@ -36,7 +39,9 @@ class ModelNotAvailable(HatError):
 
 
 class DownloadError(HatError):
-    """Every mirror failed, or what arrived does not match the registry's sha256/size."""
+    """Every mirror failed, or what arrived does not match the registry's sha256/size (exit 4)."""
+
+    exit_code = EXIT_NETWORK
 
 
 class InputImageError(HatError):
@@ -49,6 +54,10 @@ class OutputError(HatError):
     """An output that cannot be written (exists, permission, disk full)."""
 
     exit_code = EXIT_SOME_FAILED
+
+
+class OutputExists(OutputError):
+    """The output appeared (another process wrote it) and replacing it was not asked for."""
 
 
 class ImageTooSmall(InputImageError):
@@ -67,3 +76,8 @@ class DeviceOutOfMemory(HatError):
     """Out of memory even for the smallest tile (the tile size is halved on every failure first)."""
 
     exit_code = EXIT_SOME_FAILED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: every cleanup that runs on Ctrl-C
+    runs on it too (temporary files removed, training state saved); the CLI exits 143."""

@@ -71,7 +71,7 @@ from .atomic import atomic_write, write_bytes
 from .baseline import Model, check_scale, make_lr
 from .errors import ConfigError, InputImageError, OutputError
 from .imagefiles import list_images, read_rgb8
-from .imageio import DEFAULT_MAX_PIXELS
+from .imageio import DEFAULT_MAX_PIXELS, image_size
 from .metrics import Channel, mod_crop, psnr, ssim
 from .pixels import to_levels
 
@@ -209,15 +209,9 @@ def _match(hr_files: Sequence[Path], lr_files: Sequence[Path], scale: int) -> di
 
 
 def _image_size(path: Path, max_pixels: int) -> tuple[int, int]:
-    """``(height, width)`` from the file header, without decoding the pixels (limit checked)."""
-    try:
-        with Image.open(path) as im:
-            height, width = im.height, im.width
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputImageError(f"{path}: cannot read image ({exc})") from exc
-    if height * width > max_pixels:
-        raise InputImageError(f"{path}: {width}x{height} exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)")
-    return height, width
+    """``(height, width)`` from the file header, without decoding the pixels (the limit and its
+    message are :func:`hat_cli.imageio.image_size`'s, as for ``hat upscale``)."""
+    return image_size(path, max_pixels)
 
 
 def check_pairs(

@@ -52,6 +52,19 @@ def resolved(path: Path) -> Path:
         return path.absolute()
 
 
+FolderKey = tuple[int, int]  # (st_dev, st_ino): a folder, however it is reached
+
+
+def folder_key(path: Path | os.DirEntry) -> FolderKey | None:
+    """The identity of a folder (symlinks followed), or None when it cannot be stat'ed. One stat,
+    where ``resolve()`` would lstat every component: a 1,100-level walk stays linear."""
+    try:
+        info = path.stat() if isinstance(path, os.DirEntry) else os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def _entries(folder: Path, scan: FolderScan) -> Iterator[os.DirEntry]:
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
@@ -73,18 +86,18 @@ def scan_folder(
     recursive: bool = False,
     pattern: str | None = None,
     exclude: Path | None = None,
-    visited: set[Path] | None = None,
+    visited: set[FolderKey] | None = None,
 ) -> FolderScan:
     """Walk ``folder`` (and, if ``recursive``, its subfolders, except ``exclude``).
 
     ``pattern`` keeps files whose name or path relative to ``folder`` matches it (fnmatch).
-    ``visited`` (resolved folders) is shared between calls so no folder is walked twice.
+    ``visited`` (:func:`folder_key` of folders) is shared between calls so no folder is walked twice.
     """
     scan = FolderScan()
     visited = set() if visited is None else visited
-    excluded = resolved(exclude) if exclude is not None else None
+    excluded = folder_key(exclude) if exclude is not None else None
     stack = [_entries(folder, scan)]
-    visited.add(resolved(folder))
+    visited.add(folder_key(folder) or (-1, id(folder)))
     while stack:
         entry = next(stack[-1], None)
         if entry is None:
@@ -94,9 +107,10 @@ def scan_folder(
         if _is_dir(entry):
             if not recursive:
                 scan.subfolders_skipped += 1
-            elif (real := resolved(path)) not in visited and real != excluded:
-                visited.add(real)
-                stack.append(_entries(path, scan))
+            elif (key := folder_key(entry)) is None or (key not in visited and key != excluded):
+                if key is not None:
+                    visited.add(key)
+                stack.append(_entries(path, scan))  # a folder that cannot be stat'ed is reported there
             continue
         if pattern and not (fnmatch(entry.name, pattern) or fnmatch(path.relative_to(folder).as_posix(), pattern)):
             continue
@@ -131,4 +145,14 @@ def read_rgb8(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS
     return colour[..., 0] if picture.is_grey else np.ascontiguousarray(colour)
 
 
-__all__ = ["FolderScan", "image_extensions", "is_image_name", "list_images", "read_rgb8", "resolved", "scan_folder"]
+__all__ = [
+    "FolderKey",
+    "FolderScan",
+    "folder_key",
+    "image_extensions",
+    "is_image_name",
+    "list_images",
+    "read_rgb8",
+    "resolved",
+    "scan_folder",
+]

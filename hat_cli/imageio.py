@@ -26,6 +26,9 @@ from .errors import HatError, InputImageError, OutputError
 from .pixels import to_levels
 
 DEFAULT_MAX_PIXELS = 100_000_000  # refuse decompression bombs beyond this many input pixels (all frames)
+# Each frame of an animation counts as at least this many pixels: a frame is one more forward pass
+# however small it is, so 20,000 frames of 8x8 are not 1.3 M pixels of work.
+MIN_FRAME_PIXELS = 128 * 128
 
 _ORIENTATION = 0x0112
 _EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 0x8769, 0x8825, 0xA005
@@ -40,6 +43,9 @@ _DPI_FORMATS = {"PNG", "JPEG", "TIFF", "BMP"}
 _ALPHA_FORMATS = {"PNG", "WEBP", "TIFF", "GIF", "AVIF"}
 _RGB_ONLY_FORMATS = {"WEBP", "AVIF"}  # no grey modes: grey is written as equal R, G, B
 DEFAULT_QUALITY = 95
+# The largest side each format holds: beyond it Pillow fails after the work, or (ICO) silently
+# stores a smaller copy.
+_MAX_SIDE = {"ICO": 256, "WEBP": 16383, "JPEG": 65535, "GIF": 65535}
 
 
 @dataclass
@@ -99,6 +105,45 @@ def format_for_suffix(suffix: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------- reading
+def counted_pixels(width: int, height: int, frames: int = 1) -> int:
+    """What an image counts against ``--max-pixels``: its pixels, every frame of an animation
+    counted, each frame as at least :data:`MIN_FRAME_PIXELS`."""
+    return width * height if frames <= 1 else frames * max(width * height, MIN_FRAME_PIXELS)
+
+
+def too_large(path: Path, width: int, height: int, max_pixels: int, frames: int = 1) -> InputImageError | None:
+    """The one message for an image over the pixel limit (every command), or None when it fits."""
+    if counted_pixels(width, height, frames) <= max_pixels:
+        return None
+    what = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
+    return InputImageError(f"{path}: {what} exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)")
+
+
+def _frame_count(image: Image.Image) -> int:
+    return getattr(image, "n_frames", 1) if image.format in _ANIMATED_FORMATS else 1
+
+
+def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` from the file's header, without decoding the pixels; the pixel limit is
+    checked as :func:`read_picture` checks it (same rule, same message)."""
+    _allow_pillow_pixels(max_pixels)
+    try:
+        with Image.open(path) as image:
+            width, height, frames = image.width, image.height, _frame_count(image)
+    except Image.DecompressionBombError:
+        raise InputImageError(f"{path}: image exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)") from None
+    except UnidentifiedImageError:
+        if not _is_tiff(path):
+            raise InputImageError(f"{path}: not a recognised image (unknown format or corrupt header)") from None
+        width, height, frames = _tiff_size(path)  # a TIFF only tifffile reads (as read_picture does)
+    except Exception as exc:  # OSError, SyntaxError, struct.error... on a damaged header
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputImageError(f"{path}: cannot read image ({reason})") from exc
+    if (error := too_large(path, width, height, max_pixels, frames)) is not None:
+        raise error
+    return height, width
+
+
 def read_picture(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """Decode ``path`` with orientation applied; every failure is an :class:`InputImageError` naming the file."""
     try:
@@ -141,12 +186,9 @@ def _allow_pillow_pixels(max_pixels: int) -> None:
 
 
 def _decode(image: Image.Image, path: Path, max_pixels: int) -> Picture:
-    n_frames = getattr(image, "n_frames", 1) if image.format in _ANIMATED_FORMATS else 1
-    if image.width * image.height * n_frames > max_pixels:
-        frames = f" x {n_frames} frames" if n_frames > 1 else ""
-        raise InputImageError(
-            f"{path}: {image.width}x{image.height}{frames} exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)"
-        )
+    n_frames = _frame_count(image)
+    if (error := too_large(path, image.width, image.height, max_pixels, n_frames)) is not None:
+        raise error
     source_exif = image.getexif()
     orientation = source_exif.get(_ORIENTATION, 1)
     picture = Picture(
@@ -190,7 +232,7 @@ def _frame_array(frame: Image.Image, path: Path) -> np.ndarray:
     elif mode in ("RGBX", "YCbCr", "LAB", "HSV"):
         frame = frame.convert("RGB")
     elif mode == "F":
-        raise InputImageError(f"{path}: 32-bit floating-point images are not supported")
+        raise InputImageError(f"{path}: 32-bit floating-point images are not supported (8/16-bit integer only)")
     array = np.asarray(frame)
     if mode.startswith("I"):  # I;16, I;16B, I;16L, or I holding 16-bit values
         if array.size and (array.min() < 0 or array.max() > 65535):
@@ -303,6 +345,19 @@ def _is_tiff(path: Path) -> bool:
         return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
+def _tiff_size(path: Path) -> tuple[int, int, int]:
+    """``(width, height, 1)`` of a TIFF's first page, from tifffile's tags."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return int(page.imagewidth), int(page.imagelength), 1
+    except Exception as exc:  # tifffile's errors on a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputImageError(f"{path}: corrupt or truncated image ({reason})") from exc
+
+
 def _read_tiff_fallback(path: Path, max_pixels: int) -> Picture:
     try:
         return _read_tiff_only(path, max_pixels)
@@ -321,8 +376,8 @@ def _read_tiff_only(path: Path, max_pixels: int) -> Picture:
         page = tif.pages[0]
         tags = {tag.code: tag.value for tag in page.tags}
         height, width = page.imagelength, page.imagewidth
-    if width * height > max_pixels:
-        raise InputImageError(f"{path}: {width}x{height} exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)")
+    if (error := too_large(path, width, height, max_pixels)) is not None:
+        raise error
     dpi = None
     if 282 in tags and 283 in tags and tags.get(296, 2) in (2, 3):
         per_inch = 2.54 if tags.get(296, 2) == 3 else 1.0
@@ -344,12 +399,17 @@ def _read_tiff16(path: Path) -> np.ndarray:
         try:
             array = page.asarray()
         except ValueError as exc:  # e.g. LZW without the optional imagecodecs package
-            raise InputImageError(f"{path}: cannot decode this 16-bit TIFF ({exc})") from exc
+            raise InputImageError(f"{path}: cannot decode this TIFF ({exc})") from exc
         photometric = tifffile.PHOTOMETRIC(page.photometric).name  # an int for some pages, an enum for others
         if tifffile.PLANARCONFIG(page.planarconfig).name == "SEPARATE" and array.ndim == 3:
             array = np.moveaxis(array, 0, -1)
+    if array.dtype.kind == "f":
+        bits = array.dtype.itemsize * 8
+        raise InputImageError(f"{path}: {bits}-bit floating-point images are not supported (8/16-bit integer only)")
     if array.dtype != np.uint16 or photometric not in ("RGB", "MINISBLACK", "MINISWHITE"):
-        raise InputImageError(f"{path}: unsupported 16-bit TIFF ({photometric}, {array.dtype})")
+        raise InputImageError(
+            f"{path}: unsupported TIFF ({photometric}, {array.dtype}): 8/16-bit integer RGB or grey only"
+        )
     if array.ndim == 2:
         array = array[:, :, None]
     if photometric == "MINISWHITE":
@@ -360,15 +420,22 @@ def _read_tiff16(path: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- writing
-def check_writable(picture: Picture, path: Path) -> str:
+def check_writable(picture: Picture, path: Path, scale: int = 1) -> str:
     """The Pillow format for ``path``, or an :class:`OutputError` if it cannot hold ``picture``
-    (checked before upscaling too, so no work is wasted on an output that cannot be written)."""
+    upscaled ``scale`` times (checked before upscaling too, so no work is wasted on an output that
+    cannot be written)."""
     fmt = format_for_suffix(path.suffix)
     if fmt is None:
         raise OutputError(f"{path}: cannot write {path.suffix or 'files without an extension'} images")
     if len(picture.frames) > 1 and fmt not in Image.SAVE_ALL:
         raise OutputError(
             f"{path}: {fmt} cannot hold the {len(picture.frames)} frames of an animation (use png or webp)"
+        )
+    width, height, side = picture.width * scale, picture.height * scale, _MAX_SIDE.get(fmt)
+    if side is not None and max(width, height) > side:
+        raise OutputError(
+            f"{path}: {fmt} holds at most {side}x{side} pixels, the output is {width}x{height} "
+            "(use --format png or tiff)"
         )
     return fmt
 
@@ -469,6 +536,8 @@ def _write_pillow(picture: Picture, handle: BinaryIO, fmt: str, quality: int | N
         options["lossless"] = True
     if fmt == "TIFF":
         options["compression"] = "tiff_adobe_deflate"
+    if fmt == "ICO":  # one entry of the image's own size (the default list would shrink it)
+        options["sizes"] = [(first.width, first.height)]
     if len(frames) > 1:
         options.update(save_all=True, append_images=frames[1:], loop=picture.loop or 0)
         if picture.durations:

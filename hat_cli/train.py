@@ -423,7 +423,7 @@ def _config_of_state(path: Path) -> HATConfig:
 # --------------------------------------------------------------------------- training loop
 
 
-def _check_outputs(out: Path, state_path: Path) -> None:
+def check_outputs(out: Path, state_path: Path) -> None:
     """Fail before training, not after it, when the checkpoint files cannot be written."""
     for path in (out, state_path):
         if path.is_dir():
@@ -547,7 +547,7 @@ def train(options: TrainOptions, progress: Callable[[TrainProgress], None] | Non
     if options.threads:
         torch.set_num_threads(options.threads)
     device = torch.device(options.device)
-    _check_outputs(Path(options.out), state_path_for(options.out))
+    check_outputs(Path(options.out), state_path_for(options.out))
     torch.manual_seed(options.seed)
     run, sampler = _prepare(options, device)
     session = _Session(run, sampler, device, progress)

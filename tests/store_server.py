@@ -10,6 +10,10 @@ normally):
 * ``stall:N``          send N bytes, then go silent for 2 s (read timeout mid-body)
 * ``garbage``          same length, wrong bytes
 * ``redirect:URL``     302 to URL
+
+A file served with ``length=False`` has no Content-Length (the body ends when the connection
+closes), with ``chunked=True`` it is sent in HTTP chunks; ``endless=True`` follows the data with
+zero bytes until the client hangs up (a runaway mirror).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class Served:
     ranges: bool = True  # honour Range requests (206); False answers 200 with the whole file
     throttle: float = 0.0  # seconds to sleep per 16 KiB sent
     content_type: str = "application/octet-stream"
+    length: bool = True  # send Content-Length
+    chunked: bool = False  # Transfer-Encoding: chunked (implies no Content-Length)
+    endless: bool = False  # after the data, zeros until the client hangs up (or endless_limit)
+    endless_limit: int = 256 << 20  # a guard, so a client that never stops cannot hang a test
+    sent: int = 0  # body bytes written so far (all requests)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -76,8 +85,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         body = data[start:]
         self.send_header("Content-Type", item.content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if item.chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        elif item.length and not item.endless:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if item.chunked or item.endless or not item.length:
+            self._stream(item, body)
+            return
         if kind in ("drop", "reset", "stall"):
             self.wfile.write(body[: int(arg)])
             self.wfile.flush()
@@ -91,6 +106,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[offset : offset + 16384])
             if item.throttle:
                 time.sleep(item.throttle)
+
+    def _stream(self, item: Served, body: bytes) -> None:
+        """The body without a length: chunked and/or endless, until done or the client leaves."""
+        zeros = bytes(65536)
+
+        def pieces():
+            for offset in range(0, len(body), 16384):
+                yield body[offset : offset + 16384]
+            while item.endless and item.sent < item.endless_limit:
+                yield zeros
+
+        try:
+            for piece in pieces():
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if item.chunked else piece)
+                item.sent += len(piece)
+                if item.throttle:
+                    time.sleep(item.throttle)
+            if item.chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client hung up: what a runaway mirror sees
+            pass
 
 
 class _Server(ThreadingHTTPServer):

@@ -1,18 +1,62 @@
 """The ``hat`` command: a thin Typer layer over the library (the only package importing typer/rich).
 
 One error boundary (:class:`HatGroup`) turns every :class:`~hat_cli.errors.HatError` into one line
-on stderr and its exit code; ``HAT_DEBUG=1`` shows the traceback instead.
+on stderr and its exit code; ``HAT_DEBUG=1`` shows the traceback instead. SIGTERM is turned into
+:class:`~hat_cli.errors.Terminated` (a ``KeyboardInterrupt``) for the whole command, so it cleans up
+like Ctrl-C and exits 143; a closed stdout ends the command quietly with 141.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import typer
 from typer.core import TyperGroup
 
-from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, HatError
-from .console import print_error, print_line
+from ..errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_SOME_FAILED,
+    EXIT_STDOUT_CLOSED,
+    EXIT_TERMINATED,
+    HatError,
+    Terminated,
+)
+from .console import StdoutError, print_error, print_line
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` in the main thread (once: a
+    second SIGTERM during the cleanup it starts is ignored, so the cleanup finishes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not received:
+            received.append(signum)
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe stays quiet."""
+    with suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class HatGroup(TyperGroup):
@@ -22,15 +66,23 @@ class HatGroup(TyperGroup):
     def invoke(self, ctx: typer.Context):
         debug = bool(os.environ.get("HAT_DEBUG"))
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except HatError as exc:
             if debug:
                 raise
             print_error(exc)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            print_line("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except StdoutError as exc:
+            _silence_stdout()
+            if exc.closed:  # `hat ... | head`: the reader has what it wanted; end like Unix tools do
+                raise typer.Exit(EXIT_STDOUT_CLOSED) from None
+            print_error(f"cannot write to standard output ({exc})")
+            raise typer.Exit(EXIT_SOME_FAILED) from None
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            print_line("terminated" if terminated else "interrupted")
+            raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors
             raise
         except Exception as exc:  # a bug, not a user error: one line, traceback on request

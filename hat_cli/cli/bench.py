@@ -9,13 +9,14 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand
 
 from ..baseline import Model
 from ..errors import EXIT_SOME_FAILED, ConfigError
 from ..evaluation import BenchResult, ImageScore, Pairing, pair_images, run_bench, write_csv
 from ..imageio import DEFAULT_MAX_PIXELS
-from .console import console, err_console, print_error, print_line, print_warning
+from .console import console, echo, err_console, one_line, print_error, print_line, print_warning
 from .options import FOLDER, DeviceOpt, JsonOpt, PrecisionOpt, RegistryOpt, SelfEnsembleOpt, TileOpt, parse_tile
 from .progress import counter_bar
 
@@ -115,7 +116,7 @@ def bench(
         if csv_path is not None:
             write_csv(result, csv_path)
         if as_json:
-            typer.echo(result.to_json())
+            echo(result.to_json())
         else:
             _print_result(result, hr, crop_border, channel.value)
     for failure in result.failures:
@@ -217,17 +218,18 @@ def _fmt(value: float, digits: int) -> str:
 
 def _print_result(result: BenchResult, hr: Path, crop_border: int | None, channel: str) -> None:
     border = result.scale if crop_border is None else crop_border
+    # Text, not str: folder, image and model names are shown as they are, never as rich markup.
     table = Table(
-        title=f"{'/'.join(hr.resolve().parts[-2:])} x{result.scale}",
+        title=Text(one_line(f"{'/'.join(hr.resolve().parts[-2:])} x{result.scale}")),
         caption=f"PSNR (dB) / SSIM on {channel.upper()}, {border}-pixel border cropped",
     )
     table.add_column("image")
     for model in result.models:
-        table.add_column(f"{model.model}\nPSNR", justify="right")
+        table.add_column(Text(f"{one_line(model.model)}\nPSNR"), justify="right")
         table.add_column("\nSSIM", justify="right")
     per_model = [model.images for model in result.models]
     for row, image in enumerate(per_model[0]):
-        cells = [image.name]
+        cells: list[str | Text] = [Text(one_line(image.name))]
         for images in per_model:
             cells += [_fmt(images[row].psnr, 4), _fmt(images[row].ssim, 4)]
         table.add_row(*cells, end_section=row == len(per_model[0]) - 1)
@@ -241,6 +243,9 @@ def _print_result(result: BenchResult, hr: Path, crop_border: int | None, channe
         timing.add_column(column, justify="left" if column == "model" else "right")
     for model in result.models:
         timing.add_row(
-            model.model, str(len(model.images)), f"{model.seconds_total:.3f}", _fmt(model.megapixels_per_second, 2)
+            Text(one_line(model.model)),
+            str(len(model.images)),
+            f"{model.seconds_total:.3f}",
+            _fmt(model.megapixels_per_second, 2),
         )
     console.print(timing)

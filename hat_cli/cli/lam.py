@@ -26,7 +26,7 @@ from ..errors import ConfigError, ImageTooSmall, InputImageError
 from ..imageio import DEFAULT_MAX_PIXELS, read_picture
 from ..pixels import to_levels
 from .bench import _model_specs
-from .console import err_console, print_line
+from .console import echo, err_console, print_line
 from .options import DeviceOpt, JsonOpt, OfflineOpt, RegistryOpt, ScaleOpt
 from .progress import counter_bar, download_progress
 
@@ -157,7 +157,7 @@ def lam(
         _write(output, analysed, lr, lr_picture if from_hr else None)
     for item in analysed:
         if as_json:
-            typer.echo(json.dumps(item.to_json(image)))
+            echo(json.dumps(item.to_json(image)))
         else:
             _report(item)
     if output is not None and not as_json:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import EXIT_SOME_FAILED, ConfigError, HatError
 from ..registry import load_registry
@@ -24,7 +24,7 @@ from ..store import (
     require_checkpoint,
     verify_checkpoint,
 )
-from .console import console, print_error
+from .console import console, echo, one_line, print_error
 from .options import JsonOpt, PresetScaleOpt, QuietOpt, RegistryOpt
 from .progress import download_progress
 
@@ -66,7 +66,7 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
             }
         )
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        echo(json.dumps(rows, indent=2))
         return
     table = Table(title="Models")
     for column in ("name", "aliases", "arch", "scale", "params", "size", "available"):
@@ -76,9 +76,9 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
         state = "bundled" if row["bundled"] else ("cached" if row["cached"] else "-")
         if state == "-" and row["checksum"] is None:
             state = "by hand"
-        table.add_row(
-            escape(row["name"]),
-            escape(", ".join(row["aliases"])),
+        table.add_row(  # Text: names from user registries are shown as they are, never as markup
+            Text(one_line(row["name"])),
+            Text(one_line(", ".join(row["aliases"]))),
             row["arch"].upper(),
             f"x{row['scale']}",
             f"{row['params'] / 1e6:.2f} M",
@@ -89,7 +89,7 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def _emit_json(rows: Any) -> None:
-    typer.echo(json.dumps(rows, indent=2))
+    echo(json.dumps(rows, indent=2))
 
 
 @app.command("download")
@@ -123,7 +123,7 @@ def download(
         status = "downloaded" if result.url else "cached"
         rows.append({"name": preset.name, "status": status, "path": str(result.path), "url": result.url})
         if not quiet and not as_json:
-            typer.echo(f"{status} {preset.name}: {result.path}")
+            echo(f"{status} {preset.name}: {result.path}")
     if as_json:
         _emit_json(rows)
     if failures:
@@ -133,7 +133,7 @@ def download(
 @app.command("path")
 def path(name: NameArg, scale: PresetScaleOpt = None, registry: RegistryOpt = None) -> None:
     """Print the local path of a checkpoint (error if it is not cached)."""
-    typer.echo(str(require_checkpoint(load_registry(registry).resolve(name, scale))))
+    echo(str(require_checkpoint(load_registry(registry).resolve(name, scale))))
 
 
 @app.command("verify")
@@ -166,7 +166,7 @@ def verify(
             line = f"{r.status:8} {r.name}: {r.path}"
             if r.status == "mismatch":
                 line += f" (sha256 {r.actual}, expected {r.expected}; 'hat models rm {r.name}' then download again)"
-            typer.echo(line)
+            echo(line)
     if failed:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -189,7 +189,7 @@ def import_(
         _emit_json([{"name": preset.name, "path": str(target)} for preset, target in placed])
     elif not quiet:
         for preset, target in placed:
-            typer.echo(f"imported {preset.name}: {target}")
+            echo(f"imported {preset.name}: {target}")
 
 
 @app.command("rm")
@@ -204,6 +204,6 @@ def rm(
         removed = remove_checkpoint(preset)
         if not quiet:
             if removed:
-                typer.echo("\n".join(f"removed {preset.name}: {p}" for p in removed))
+                echo("\n".join(f"removed {preset.name}: {p}" for p in removed))
             else:
-                typer.echo(f"{preset.name} is not cached")
+                echo(f"{preset.name} is not cached")

@@ -26,7 +26,8 @@ from .console import err_console
 
 def counter_bar(eta: bool = False, disable: bool = False, console: Console = err_console) -> Progress:
     """The transient ``description [bar] done/total elapsed [eta]`` bar every command uses (stderr)."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    # markup=False: descriptions carry file and model names ("a[/].png" is a name, not markup).
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     if eta:
         columns.append(TimeRemainingColumn())
     return Progress(*columns, console=console, transient=True, disable=disable)

@@ -90,8 +90,10 @@ def train(
     Writes --out (official params_ema/params layout, loadable by every hat command) and, next to it, <stem>.state.pth to resume. Ctrl-C saves both before exiting.
     """
     from ..api import resolve_device  # torch and the trainer load only when the command runs
-    from ..train import TrainOptions, parse_arch, state_path_for
+    from ..train import TrainOptions, check_outputs, parse_arch, state_path_for
     from ..train import train as run_training
+
+    check_outputs(out, state_path_for(out))  # before anything is loaded or drawn: no work lost
 
     if schedule not in ("cosine", "step"):
         raise ConfigError(f"--schedule must be cosine or step, not {schedule!r}")

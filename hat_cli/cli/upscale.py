@@ -1,10 +1,11 @@
 """``hat upscale``: upscale image files and folders with a preset or any HAT checkpoint.
 
 Built for scripts: one line per failure on stderr (the batch goes on), exit 0 when everything
-succeeded, 1 when some inputs failed, 2 for usage errors, 130 when interrupted; ``--json`` prints
-one object per file and a summary on stdout. The first Ctrl-C finishes the current file and
-stops; a second one stops at once. Outputs are written to a temporary name and renamed, so no
-partial image is ever left under an output name.
+succeeded, 1 when some inputs failed (or none was an image), 2 for usage errors, 130 when
+interrupted, 143 on SIGTERM; ``--json`` prints one object per file and a summary on stdout. The
+first Ctrl-C finishes the current file and stops; a second one, or SIGTERM, stops at once. Outputs
+are written to a temporary name and renamed, so no partial image is ever left under an output name;
+temporaries of killed runs are removed from the output folders by the next run.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from ..batch import (
     plan_jobs,
     read_list,
     run_batch,
+    sweep_folders,
 )
-from ..errors import ConfigError
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated
 from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix
 from ..upscaling import UpscalerBase
 from .cluster import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, cluster_engine
-from .console import console, err_console, print_error, print_line
+from .console import echo, err_console, print_error, print_line
 from .options import (
     CompileOpt,
     ConvScaleOpt,
@@ -73,14 +75,15 @@ class Reporter:
         self.task = progress.add_task("upscaling", total=0) if progress else None
         self.current: Path | None = None  # the file being upscaled (for --verbose lines)
         self.summary = Summary()
+        self.reported = 0
         self._lock = threading.Lock()
 
     def __call__(self, result: FileResult) -> None:
         with self._lock:
             self.summary.add(result)
+            self.reported += 1
             if self.as_json:
-                sys.stdout.write(json.dumps(result.to_json()) + "\n")
-                sys.stdout.flush()
+                echo(json.dumps(result.to_json()))
             if result.status == "failed":
                 print_error(result.error or "")
             elif not (self.quiet or self.as_json):
@@ -91,13 +94,11 @@ class Reporter:
     def _line(self, result: FileResult) -> None:
         if result.status == "done":
             size = f"{result.size[0]}x{result.size[1]}, " if result.size else ""
-            console.print(
-                f"{result.input} -> {result.output} ({size}{result.seconds:.1f}s)", markup=False, soft_wrap=True
-            )
+            print_line(f"{result.input} -> {result.output} ({size}{result.seconds:.1f}s)", err=False)
         elif result.status == "planned":
-            console.print(f"{result.input} -> {result.output}", markup=False, soft_wrap=True)
+            print_line(f"{result.input} -> {result.output}", err=False)
         elif result.status == "skipped":
-            console.print(f"{result.input}: skipped ({result.error})", markup=False, soft_wrap=True)
+            print_line(f"{result.input}: skipped ({result.error})", err=False)
 
     def starting(self, job: Job) -> None:
         self.current = job.source
@@ -108,8 +109,10 @@ class Reporter:
         """The closing summary on stderr (and as the last JSON object)."""
         summary = self.summary
         if self.as_json:
-            sys.stdout.write(json.dumps(summary.to_json()) + "\n")
-            sys.stdout.flush()
+            echo(json.dumps(summary.to_json()))
+        if summary.nothing_found:
+            ignored = f" ({summary.ignored} non-image file{'s' if summary.ignored != 1 else ''} ignored)"
+            print_error("no images found" + (ignored if summary.ignored else ""))
         single = summary.done + summary.skipped + summary.failed + summary.ignored <= 1
         if self.quiet or (single and not summary.interrupted and not dry_run):
             return  # one file: its own line already said everything
@@ -119,7 +122,8 @@ class Reporter:
             parts.append(f"ignored {summary.ignored} non-image file{'s' if summary.ignored != 1 else ''}")
         line = ", ".join(parts) + f" in {summary.seconds:.1f}s"
         if summary.interrupted:
-            line += f"; interrupted, {summary.not_started} not started"
+            how = "terminated" if summary.stopped_by == EXIT_TERMINATED else "interrupted"
+            line += f"; {how}, {summary.not_started} not finished"
         print_line(line)
 
 
@@ -211,7 +215,7 @@ def upscale(
 
     Grey stays grey, 16-bit PNG/TIFF stay 16-bit, transparency is upscaled apart (--alpha). Animated GIF/WebP/PNG: every frame, timing kept. CMYK becomes sRGB. EXIF orientation is applied; ICC, EXIF and DPI (scaled) are kept where the format can hold them.
 
-    Exit status: 0 all done, 1 some inputs failed, 2 usage error, 130 interrupted. The first Ctrl-C finishes the current file, the second stops at once; never a partial output.
+    Exit status: 0 all done, 1 some inputs failed or no image found, 2 usage error, 4 download failed, 130 interrupted, 143 terminated (SIGTERM). The first Ctrl-C finishes the current file, the second (or SIGTERM) stops at once; never a partial output.
     """  # one line per paragraph: the help formatter keeps line breaks
     started = time.perf_counter()
     # Damaged files make Pillow warn as well as fail; the failure is reported as one line already.
@@ -231,11 +235,17 @@ def upscale(
         reporter(result)
 
     not_started = 0
+    options = RunOptions(
+        max_pixels=max_pixels,
+        alpha=alpha,  # type: ignore[arg-type]
+        quality=quality,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+    )
     if sources and ray_engine is not None:  # the actors load the model, the driver only names outputs
         spec = dict(model=model, weights=weights, scale=scale, registry=registry, conv_scale=conv_scale)
         spec |= dict(img_range=img_range, device=device, precision=precision, tile=tile_size, tile_overlap=tile_overlap)
         spec |= dict(compile=compile_model, self_ensemble=self_ensemble, offline=offline)
-        options = RunOptions(max_pixels=max_pixels, alpha=alpha, quality=quality, overwrite=overwrite)  # type: ignore[arg-type]
         spec["progress"] = download_progress(quiet or as_json)
         not_started = ray_engine.run(sources, plan, reporter, dry_run, verbose, options, spec)
     elif sources:  # the model loads once, and only when there is something to upscale
@@ -258,10 +268,7 @@ def upscale(
             progress=download_progress(quiet or as_json),
         )
         _attach(upscaler, reporter, progress, verbose)
-        options = RunOptions(max_pixels=max_pixels, alpha=alpha, quality=quality, overwrite=overwrite)  # type: ignore[arg-type]
         not_started = _run(upscaler, sources, plan, options, reporter, progress, dry_run)
-    elif not found and not quiet:
-        print_line("no images found")
 
     reporter.summary.not_started = not_started
     reporter.summary.seconds = time.perf_counter() - started
@@ -328,12 +335,19 @@ def _run(
         for job in jobs:
             reporter(FileResult(job.source, job.output, "planned"))
         return 0
+    # Temporaries of runs killed outright (SIGKILL, power loss) go before anything is written.
+    sweep_folders([job.output.parent for job in jobs] + [r.output.parent for r in planned if r.output is not None])
     if not jobs:
         return 0
     if progress is not None and reporter.task is not None:
         progress.update(reporter.task, total=len(jobs))
+    before = reporter.reported
     with graceful_interrupt(options.stop), progress if progress is not None else nullcontext():
-        return run_batch(upscaler, jobs, reporter, options, on_start=reporter.starting)
+        try:
+            return run_batch(upscaler, jobs, reporter, options, on_start=reporter.starting)
+        except KeyboardInterrupt as exc:  # second Ctrl-C or SIGTERM: stopped at once, temporaries gone
+            reporter.summary.stopped_by = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+            return len(jobs) - (reporter.reported - before)
 
 
 def _read_from_list(path: Path) -> list[Path]:

@@ -10,6 +10,10 @@ What stays on disk after a failure:
 * dropped connection, timeout, Ctrl-C, crash: ``<final>.part`` is kept and the next download
   resumes it with an HTTP ``Range`` request (its bytes are re-hashed first);
 * wrong bytes (sha256/size mismatch), disk full, write errors: the partial is deleted.
+
+No download grows without bound: a preset with a ``size`` accepts exactly that many bytes; one
+without accepts at most :func:`download_cap` bytes (2.5 times its parameters' float32 size plus
+64 MiB). A mirror that announces or sends more is refused and its partial deleted.
 """
 
 from __future__ import annotations
@@ -46,6 +50,18 @@ from .paths import (
 
 _CHUNK = 1 << 18
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# The ceiling for presets without a size: official files hold one or two float32 copies of the
+# weights (params_ema, and params for HAT-S and Real-HAT-GAN: 2.05x) plus index buffers and a pickle.
+CAP_PARAM_COPIES = 2.5
+CAP_SLACK = 64 << 20
+
+
+def download_cap(preset: Preset) -> int:
+    """The most bytes a download of ``preset`` may bring: its registry ``size`` when known, else
+    ``CAP_PARAM_COPIES`` x 4 bytes x its parameter count + ``CAP_SLACK``."""
+    if preset.size is not None:
+        return preset.size
+    return int(CAP_PARAM_COPIES * 4 * preset.config.num_params) + CAP_SLACK
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,7 @@ class _Attempt:
             offset = self.part.stat().st_size
         except FileNotFoundError:
             return hashlib.sha256(), 0
-        if offset == 0 or (size is not None and offset > size):
+        if offset == 0 or (size is not None and offset > size) or offset > download_cap(self.preset):
             self.part.unlink()
             return hashlib.sha256(), 0
         return hash_file(self.part)
@@ -226,8 +242,10 @@ class _Attempt:
             total = offset + int(length) if length and length.isdigit() else None
             if self.preset.size is not None and total is not None and total != self.preset.size:
                 raise _Fallthrough(f"serves {total} bytes but the registry says {self.preset.size}")
-            expected = self.preset.size or total
-            return self._stream(response, hasher, offset, expected, total)
+            cap = download_cap(self.preset)
+            if total is not None and total > cap:
+                raise _Fallthrough(f"serves {total:,} bytes, more than the {cap:,}-byte ceiling for this model")
+            return self._stream(response, hasher, offset, self.preset.size or total, total, cap)
 
     def _stream(
         self,
@@ -236,6 +254,7 @@ class _Attempt:
         offset: int,
         expected: int | None,
         total: int | None,
+        cap: int,
     ) -> tuple[str, int]:
         try:
             handle = open(self.part, "ab" if offset else "wb")  # noqa: SIM115  (closed by the with below)
@@ -253,7 +272,9 @@ class _Attempt:
                     break
                 done += len(chunk)
                 if expected is not None and done > expected:
-                    raise _Mismatch(f"sent more than the expected {expected} bytes")
+                    raise _Mismatch(f"sent more than the expected {expected:,} bytes")
+                if done > cap:  # no size known and no Content-Length (chunked): stop at the ceiling
+                    raise _Mismatch(f"sent more than {cap:,} bytes, the ceiling for a model without a registry size")
                 try:
                     handle.write(chunk)
                 except OSError as exc:
