@@ -19,7 +19,7 @@ from torch import nn
 
 from .baseline import BicubicUpscaler
 from .checkpoint import load_model
-from .errors import ConfigError
+from .errors import ConfigError, DownloadError, ModelNotAvailable
 from .model.compiled import CompiledNetwork
 from .model.contract import Network
 from .model.ensemble import SelfEnsemble
@@ -300,6 +300,33 @@ class Upscaler(UpscalerBase):
 
 DEFAULT_MODEL_ENV = "HAT_MODEL"
 DEFAULT_FAMILY = "hat"
+DEFAULT_SCALE = 4  # Real-ESRGAN's and the ncnn upscalers' default: x4 whenever the model has one
+OFFLINE_MODEL = "hat-tiny"  # bundled in the package: works with no download at all
+
+
+def default_scale(registry: Registry, name: str) -> int | None:
+    """The scale ``--model name`` gets without ``--scale``: 4 when the alias has a x4 checkpoint
+    among several (``hat``, ``hat-s``...), else None (one checkpoint, or a full name: its own)."""
+    scales = registry.aliases.get(name.lower())
+    if name.lower() in {n.lower() for n in registry.presets} or not scales or len(scales) == 1:
+        return None
+    return DEFAULT_SCALE if DEFAULT_SCALE in scales else None
+
+
+def check_model_name(registry: Registry, name: str) -> None:
+    """A :class:`ConfigError` listing every valid ``--model`` (``bicubic`` included) for an unknown name."""
+    known = {n.lower() for n in registry.presets} | set(registry.aliases)
+    if name.lower() not in known:
+        choices = ", ".join([BicubicUpscaler.name, *sorted(registry.aliases), *registry.names()])
+        raise ConfigError(f"unknown model {name!r}; choose one of: {choices}")
+
+
+def _with_offline_hint(exc: ModelNotAvailable | DownloadError) -> ModelNotAvailable | DownloadError:
+    """The same error, suggesting the bundled model that needs no download."""
+    hint = f"; or use the bundled --model {OFFLINE_MODEL}, which needs no download"
+    error = type(exc)(f"{exc}{hint}")
+    error.exit_code = exc.exit_code
+    return error
 
 
 def open_upscaler(
@@ -314,21 +341,35 @@ def open_upscaler(
     **kwargs,
 ) -> UpscalerBase:
     """The CLI's model choice: ``--weights FILE`` or ``--model NAME`` (default ``$HAT_MODEL`` or
-    the ImageNet-pretrained ``hat`` family) at ``--scale``; ``bicubic`` is the MATLAB baseline."""
+    the ImageNet-pretrained ``hat`` family) at ``--scale`` (default 4 where the model has x4);
+    ``bicubic`` is the MATLAB baseline (x4 unless ``scale``).
+
+    A checkpoint that is not cached and cannot be fetched (offline, every mirror failed) is a
+    :class:`ModelNotAvailable`/:class:`DownloadError` that also suggests the bundled ``hat-tiny``.
+    """
     if weights is not None:
         if model is not None:
             raise ConfigError("give either --model or --weights, not both")
         upscaler = Upscaler.from_file(weights, conv_scale=conv_scale, img_range=img_range, **kwargs)
         if scale is not None and scale != upscaler.scale:
-            raise ConfigError(f"{weights} is a x{upscaler.scale} model but --scale {scale} was given")
+            raise ConfigError(
+                f"{weights} is a x{upscaler.scale} model but --scale {scale} was given "
+                f"(valid: {upscaler.scale}, or leave --scale out)"
+            )
         return upscaler
     if conv_scale is not None or img_range is not None:
         raise ConfigError("--conv-scale/--img-range apply to --weights files only")
     name = model or os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_FAMILY
     if name.lower() == BicubicUpscaler.name:  # no weights: device/precision/tile do not apply
-        if scale is None:
-            raise ConfigError("--model bicubic needs --scale")
-        return BicubicUpscaler(scale)
-    return Upscaler.from_preset(
-        name, scale, registry=load_registry(registry), offline=offline, progress=progress, **kwargs
-    )
+        return BicubicUpscaler(DEFAULT_SCALE if scale is None else scale)
+    reg = load_registry(registry)
+    check_model_name(reg, name)
+    if scale is None:
+        scale = default_scale(reg, name)
+    preset = reg.resolve(name, scale)
+    try:
+        return Upscaler.from_resolved_preset(preset, offline=offline, progress=progress, **kwargs)
+    except (ModelNotAvailable, DownloadError) as exc:
+        if preset.bundled:
+            raise
+        raise _with_offline_hint(exc) from None

@@ -9,6 +9,20 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
+# What each exit code means: the one definition that help texts are generated from.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "everything succeeded",
+    EXIT_SOME_FAILED: "some inputs failed (unreadable image, output not writable)",
+    EXIT_USAGE: "usage or configuration error (bad option, unknown model, bad or unsafe checkpoint)",
+    EXIT_INTERNAL: "internal error (a bug: please report it; HAT_DEBUG=1 shows the traceback)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def exit_code_table() -> str:
+    """``code  meaning`` lines, one per exit code (for ``--help``)."""
+    return "\n".join(f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+
 
 class HatError(Exception):
     """Base class for every error a user can cause or fix.

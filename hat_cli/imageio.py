@@ -84,13 +84,31 @@ class Picture:
         name = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[self.channels]
         return f"{name};16" if self.bits == 16 else name
 
-    def scaled(self, frames: list[np.ndarray], scale: int) -> Picture:
-        """The same picture with new (upscaled) frames: DPI multiplied so the print size is unchanged."""
-        dpi = (self.dpi[0] * scale, self.dpi[1] * scale) if self.dpi else None
+    def scaled(self, frames: list[np.ndarray], scale: float | None = None) -> Picture:
+        """The same picture with new (resized) frames: DPI multiplied so the print size is unchanged
+        (by ``scale``, or by each axis's ratio of new to old size when it is None)."""
+        if scale is not None:
+            factors = (scale, scale)
+        else:
+            factors = (frames[0].shape[1] / self.width, frames[0].shape[0] / self.height)
+        dpi = (self.dpi[0] * factors[0], self.dpi[1] * factors[1]) if self.dpi else None
         return replace(self, frames=frames, dpi=dpi)
 
 
 # ---------------------------------------------------------------------------------------- formats
+def suffix_for_bytes(data: bytes) -> str | None:
+    """The usual suffix (``.png``) of an encoded image held in memory (stdin), or None if unknown."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt = image.format
+    except Exception:  # not an image Pillow knows: the reader reports it, naming the input
+        return None
+    preferred = {"JPEG": ".jpg", "TIFF": ".tiff", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+    if fmt in preferred:
+        return preferred[fmt]
+    return next((ext for ext, name in Image.registered_extensions().items() if name == fmt), None)
+
+
 def format_for_suffix(suffix: str) -> str | None:
     """Pillow's writer name for a suffix (``.jpg`` -> ``JPEG``), or ``None`` if it cannot be written."""
     Image.init()

@@ -66,12 +66,14 @@ def test_preset_not_cached_names_the_file_and_where_to_put_it(tmp_path: Path, mo
     assert "4ee053c42461187846dc0e93aa5abd34591c0725a8e044a59000e92ee215e833" in result.output
 
 
-def test_unknown_model_and_missing_scale_list_choices(tmp_path: Path) -> None:
+def test_unknown_model_and_bad_scale_list_choices(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HAT_OFFLINE", "1")
     source = str(_image(tmp_path))
     unknown = runner.invoke(app, ["upscale", source, "--model", "hat-xl", "--scale", "4"])
-    assert unknown.exit_code == 2 and "hat-s" in unknown.output
-    no_scale = runner.invoke(app, ["upscale", source, "--model", "hat-l"])
-    assert no_scale.exit_code == 2 and "x2, x3, x4" in no_scale.output
+    assert unknown.exit_code == 2 and "hat-s" in unknown.output and "bicubic" in unknown.output
+    bad_scale = runner.invoke(app, ["upscale", source, "--model", "hat-l", "--scale", "5"])
+    assert bad_scale.exit_code == 2 and "x2, x3, x4" in bad_scale.output
+    assert len(bad_scale.output.strip().splitlines()) == 1
 
 
 def test_bad_input_image_is_one_line_and_exit_1(tmp_path: Path, tiny_checkpoint: Path) -> None:
