@@ -1,17 +1,21 @@
-"""How many CPU threads the network's operators use, chosen from the cores actually free.
+"""How many CPU threads the network's operators use, and how they wait for each other.
 
-PyTorch starts one intra-op thread per physical core and its OpenMP threads spin while they wait
-for each other. When another process holds one of those cores, every parallel region waits for the
-thread that lost its core, and the spinning threads steal time from it: a tiled ``hat-tiny`` run
-on a 2-core machine went from 6.6 s to 113 s with one busy process beside it
-(``benchmarks/bench_busy_cpu.py``). Two things keep that graceful:
+PyTorch's OpenMP threads spin while they wait for each other. When another process holds one of
+the cores, every parallel region waits for the thread that lost its core while the spinning
+threads burn the time it needs: a tiled ``hat-tiny`` run on a 2-core machine went from 7.7 s to
+24 s beside one busy process (113 s when other jobs loaded the machine too). Two things keep that
+graceful (12 s beside the busy process, 1.17x the idle time; ``benchmarks/bench_busy_cpu.py``,
+table in the README):
 
-* :func:`prepare_openmp` asks OpenMP to sleep instead of spin while it waits
+* :func:`prepare_openmp` asks OpenMP to sleep instead of spinning while it waits
   (``OMP_WAIT_POLICY=PASSIVE``, unless the user set it); it must run before torch is imported;
-* :func:`default_threads` counts the cores this process may use (CPU affinity, and a cgroup CPU
-  quota as in containers), minus the cores other processes kept busy over a short sample
-  (``/proc/stat``), and :func:`set_threads` gives torch that many threads (``--threads N``
-  overrides it).
+* :func:`default_threads` counts the cores this process may actually use (its CPU affinity, and a
+  cgroup CPU quota as in containers, where ``os.cpu_count()`` overstates them), and
+  :func:`set_threads` gives torch that many threads (``--threads N`` overrides it).
+
+Leaving out the cores another process keeps busy was measured too, and rejected: with passive
+waiting, two threads beside a busy process finished sooner than one (18-24 s against 22-40 s on
+the shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -19,13 +23,11 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 from .errors import ConfigError
 
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
-SAMPLE_SECONDS = 0.15  # how long default_threads watches the other processes
 _CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -72,53 +74,9 @@ def available_cpus(cgroup_root: Path = _CGROUP) -> int:
     return max(1, count)
 
 
-def _cpu_times(cpus: set[int] | None) -> tuple[float, float] | None:
-    """(busy, total) jiffies over ``cpus`` (all when None) from /proc/stat, or None off Linux."""
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return None
-    busy = total = 0.0
-    for line in lines:
-        name, *fields = line.split()
-        if not name.startswith("cpu") or name == "cpu":
-            continue
-        if cpus is not None and int(name[3:]) not in cpus:
-            continue
-        values = [float(v) for v in fields[:8]]
-        idle = values[3] + values[4]  # idle + iowait
-        total += sum(values)
-        busy += sum(values) - idle
-    return (busy, total) if total else None
-
-
-def _own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
-def busy_cpus(seconds: float = SAMPLE_SECONDS) -> float:
-    """Cores kept busy by *other* processes (on this process's CPUs) over ``seconds``; 0 if unknown."""
-    cpus = _affinity()
-    before, own_before = _cpu_times(cpus), _own_cpu_seconds()
-    if before is None:
-        return 0.0
-    time.sleep(seconds)
-    after, own_after = _cpu_times(cpus), _own_cpu_seconds()
-    if after is None or after[1] <= before[1]:
-        return 0.0
-    count = len(cpus) if cpus else (os.cpu_count() or 1)
-    share = (after[0] - before[0]) / (after[1] - before[1])  # 0..1 of all those cores
-    own = (own_after - own_before) / seconds
-    return max(0.0, share * count - own)
-
-
-def default_threads(sample: float = SAMPLE_SECONDS) -> int:
-    """Available cores minus those other processes keep busy (rounded), at least 1."""
-    available = available_cpus()
-    if available == 1 or sample <= 0:
-        return available
-    return max(1, min(available, available - round(busy_cpus(sample))))
+def default_threads() -> int:
+    """The intra-op thread count ``hat`` uses unless told: one per available core."""
+    return available_cpus()
 
 
 def set_threads(threads: int | None = None) -> int:
@@ -132,4 +90,4 @@ def set_threads(threads: int | None = None) -> int:
     return count
 
 
-__all__ = ["available_cpus", "busy_cpus", "default_threads", "prepare_openmp", "set_threads"]
+__all__ = ["available_cpus", "default_threads", "prepare_openmp", "set_threads"]

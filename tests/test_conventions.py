@@ -369,15 +369,12 @@ def test_available_cpus_reads_affinity_and_cgroup_quota(tmp_path: Path, monkeypa
     assert threads.available_cpus(tmp_path / "none") == 4
 
 
-def test_default_threads_leave_out_the_cores_other_processes_keep_busy(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert 0.0 <= threads.busy_cpus(0.05) <= (os.cpu_count() or 1)
-    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
-    monkeypatch.setattr(threads, "busy_cpus", lambda seconds: 0.9)
-    assert threads.default_threads() == 1
-    monkeypatch.setattr(threads, "busy_cpus", lambda seconds: 0.2)
-    assert threads.default_threads() == 2
-    monkeypatch.setattr(threads, "busy_cpus", lambda seconds: 5.0)
-    assert threads.default_threads() == 1
+def test_default_threads_are_the_available_cores(monkeypatch: pytest.MonkeyPatch, keep_threads) -> None:
+    monkeypatch.setattr(threads, "available_cpus", lambda: 3)
+    assert threads.default_threads() == 3
+    assert threads.set_threads() == 3 and torch.get_num_threads() == 3
+    with pytest.raises(ConfigError):
+        threads.set_threads(0)
 
 
 def test_openmp_waits_passively_unless_the_user_chose() -> None:

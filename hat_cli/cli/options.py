@@ -100,7 +100,7 @@ ThreadsOpt = Annotated[
         "--threads",
         min=1,
         metavar="N",
-        help="CPU threads for the network (default: the cores free now, from affinity, cgroup quota and load).",
+        help="CPU threads for the network (default: the cores this process may use: affinity, cgroup quota).",
         show_default=False,
     ),
 ]

@@ -498,7 +498,7 @@ def _open(o: dict, tile_size: int | str, reporter: Reporter) -> UpscalerBase:
 
     count = set_threads(o["threads"])
     if o["verbose"]:
-        how = "--threads" if o["threads"] is not None else "free cores"
+        how = "--threads" if o["threads"] is not None else "available cores"
         print_line(f"CPU threads: {count} ({how})")
     return open_upscaler(
         model=o["model"],
