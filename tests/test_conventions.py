@@ -261,6 +261,9 @@ def test_json_config_error_still_ends_with_the_summary(tmp_path: Path, offline: 
     assert summary["type"] == "summary" and summary["exit_code"] == 2 and "nosuch" in summary["error"]
     bad_size = _invoke("upscale", _image(tmp_path), "--outscale", "-2", "--json")
     assert json.loads(bad_size.stdout.splitlines()[-1])["exit_code"] == 2
+    bad_option = _invoke("upscale", _image(tmp_path), "--json", "--quality", "0")
+    summary = json.loads(bad_option.stdout.splitlines()[-1])
+    assert bad_option.exit_code == 2 and summary["exit_code"] == 2 and "--quality" in summary["error"]
 
 
 def test_json_file_records_carry_input_and_output_sizes(tmp_path: Path, offline: Path) -> None:

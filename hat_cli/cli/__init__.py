@@ -6,6 +6,7 @@ on stderr and its exit code; ``HAT_DEBUG=1`` shows the traceback instead.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Annotated, Any
@@ -32,6 +33,17 @@ def _usage_line(exc: UsageError) -> str:
     return message
 
 
+def _json_summary_for_usage_error(args: Any, exc: UsageError) -> None:
+    """``hat upscale ... --json`` promises a closing summary record, even for a bad option."""
+    argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+    if argv[:1] == ["upscale"] and "--json" in argv:
+        from ..batch import Summary
+
+        summary = Summary(error=_usage_line(exc), error_code=EXIT_USAGE)
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+        sys.stdout.flush()
+
+
 class HatGroup(TyperGroup):
     """Root command group whose ``invoke`` is the single place where errors become exit codes
     (it wraps every sub-command, also under ``typer.testing.CliRunner``), and whose ``main`` prints
@@ -48,6 +60,7 @@ class HatGroup(TyperGroup):
                 exc.show()
                 sys.exit(exc.exit_code)
             print_error(_usage_line(exc))
+            _json_summary_for_usage_error(args, exc)
             sys.exit(EXIT_USAGE)
         except ClickException as exc:
             if not standalone:
