@@ -8,7 +8,6 @@ this module.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -19,7 +18,8 @@ from PIL import Image
 from torch import nn
 
 from .baseline import BicubicUpscaler
-from .checkpoint import load_model
+from .checkpoint import build_model, load_model
+from .choice import ModelChoice, choose_model, fetch_checkpoint
 from .errors import ConfigError
 from .model import layers
 from .model.compiled import CompiledNetwork
@@ -27,7 +27,7 @@ from .model.contract import Network
 from .model.ensemble import SelfEnsemble
 from .pixels import check_pixel_type, quantize, to_tensor
 from .registry import Preset, Registry, load_registry
-from .store import ProgressCallback, ensure_checkpoint
+from .store import ProgressCallback
 from .tiling import (
     Reader,
     TileEngine,
@@ -40,7 +40,7 @@ from .tiling import (
     choose_tile,
     make_plan,
 )
-from .upscaling import Progress, UpscalerBase
+from .upscaling import Progress, UpscalerBase, upscaler_name
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 TileSize = int | Literal["auto"]
@@ -162,7 +162,7 @@ class Upscaler(UpscalerBase):
         self.tile_overlap = tile_overlap
         self.tile_batch = tile_batch
         self.memory_budget = memory_budget
-        self.name = (name or "custom") + ("+" if self_ensemble else "")
+        self.name = upscaler_name(name, self_ensemble)
         self.last_stats: TileStats | None = None
         self._engine = TileEngine(self.runner, self.device, self.dtype)
 
@@ -186,7 +186,8 @@ class Upscaler(UpscalerBase):
     def from_resolved_preset(
         cls, preset: Preset, offline: bool = False, progress: ProgressCallback | None = None, **kwargs
     ) -> Upscaler:
-        path = ensure_checkpoint(preset, offline=offline, progress=progress)
+        path = fetch_checkpoint(ModelChoice(preset.name, preset.scale, preset=preset), offline, progress)
+        assert path is not None
         return cls(load_model(path, **preset.hidden), name=preset.name, **kwargs)
 
     @classmethod
@@ -306,8 +307,21 @@ class Upscaler(UpscalerBase):
         return out[:, :, 0] if squeeze else out
 
 
-DEFAULT_MODEL_ENV = "HAT_MODEL"
-DEFAULT_FAMILY = "hat"
+def build_upscaler(
+    choice: ModelChoice, offline: bool = False, progress: ProgressCallback | None = None, **kwargs
+) -> UpscalerBase:
+    """The upscaler a :class:`~hat_cli.choice.ModelChoice` names: the bicubic baseline, a file's
+    network (built from the tensors the choice already read), or a preset's (fetched first)."""
+    if choice.is_bicubic:  # no weights: device/precision/tile do not apply
+        return BicubicUpscaler(choice.scale)
+    if choice.loaded is not None:
+        state, family, config = choice.loaded
+        kwargs.setdefault("name", choice.name)
+        return Upscaler(build_model(state, family, config, choice.weights), **kwargs)
+    if choice.weights is not None:
+        return Upscaler.from_file(choice.weights, **choice.hidden, **kwargs)
+    assert choice.preset is not None
+    return Upscaler.from_resolved_preset(choice.preset, offline=offline, progress=progress, **kwargs)
 
 
 def open_upscaler(
@@ -321,26 +335,10 @@ def open_upscaler(
     progress: ProgressCallback | None = None,
     **kwargs,
 ) -> UpscalerBase:
-    """The CLI's model choice: ``--weights FILE`` or ``--model NAME`` (default ``$HAT_MODEL`` or
-    the ImageNet-pretrained ``hat`` family) at ``--scale``; ``bicubic`` is the MATLAB baseline."""
-    if weights is not None:
-        if model is not None:
-            raise ConfigError("give either --model or --weights, not both")
-        if conv_scale is not None and not math.isfinite(conv_scale):
-            raise ConfigError(f"--conv-scale {conv_scale}: must be a finite number (official models: 0.01)")
-        if img_range is not None and not (math.isfinite(img_range) and img_range > 0):
-            raise ConfigError(f"--img-range {img_range}: must be a finite number > 0 (official models: 1.0)")
-        upscaler = Upscaler.from_file(weights, conv_scale=conv_scale, img_range=img_range, **kwargs)
-        if scale is not None and scale != upscaler.scale:
-            raise ConfigError(f"{weights} is a x{upscaler.scale} model but --scale {scale} was given")
-        return upscaler
-    if conv_scale is not None or img_range is not None:
-        raise ConfigError("--conv-scale/--img-range apply to --weights files only")
-    name = model or os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_FAMILY
-    if name.lower() == BicubicUpscaler.name:  # no weights: device/precision/tile do not apply
-        if scale is None:
-            raise ConfigError("--model bicubic needs --scale")
-        return BicubicUpscaler(scale)
-    return Upscaler.from_preset(
-        name, scale, registry=load_registry(registry), offline=offline, progress=progress, **kwargs
-    )
+    """The CLI's model choice (:func:`hat_cli.choice.choose_model`: ``--weights FILE`` or ``--model
+    NAME``, default ``$HAT_MODEL`` or ``hat``, at ``--scale``, default 4 where the model has x4;
+    ``bicubic`` is the MATLAB baseline), built. A checkpoint that is not cached and cannot be fetched
+    is a :class:`ModelNotAvailable`/:class:`DownloadError` that also suggests the bundled ``hat-tiny``.
+    """
+    choice = choose_model(model, weights, scale, registry, conv_scale, img_range)
+    return build_upscaler(choice, offline=offline, progress=progress, **kwargs)

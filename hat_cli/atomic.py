@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import signal
 import threading
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -301,6 +302,21 @@ def commit(tmp: Path, path: Path) -> None:
                 os.close(fd)
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends (main thread, POSIX): a write that must not be
+    cut in half - a training checkpoint saved on the way out - runs to its end, then the signal acts."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def write_bytes(path: Path, data: bytes | bytearray | memoryview, overwrite: bool = True) -> Path:
     """:func:`atomic_write` of a byte string."""
     return atomic_write(path, lambda handle: handle.write(data), overwrite=overwrite)
@@ -315,6 +331,7 @@ __all__ = [
     "commit",
     "create_temp",
     "make_folders",
+    "signals_deferred",
     "sweep_stale",
     "temp_name",
     "try_claim",

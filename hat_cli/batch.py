@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -32,6 +32,7 @@ from .imageio import (
     read_picture,
     write_picture,
 )
+from .outscale import OutputSize, resize_array
 from .pixels import quantize_array, to_unit
 from .upscaling import UpscalerBase
 
@@ -53,6 +54,7 @@ class FileResult:
     seconds: float | None = None
     error: str | None = None
     size: tuple[int, int] | None = None  # output width, height
+    input_size: tuple[int, int] | None = None  # input width, height (once it was read)
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +63,8 @@ class FileResult:
             "output": None if self.output is None else str(self.output),
             "status": self.status,
             "seconds": None if self.seconds is None else round(self.seconds, 3),
+            "input_size": None if self.input_size is None else list(self.input_size),
+            "output_size": None if self.size is None else list(self.size),
             "error": self.error,
         }
 
@@ -78,6 +82,10 @@ class Summary:
     seconds: float = 0.0
     model: str | None = None  # the upscaler's name (None when nothing was loaded)
     scale: int | None = None
+    outscale: float | None = None  # the final factor when it differs from the network's
+    subfolders_skipped: int = 0  # folders not entered (no --recursive)
+    error: str | None = None  # a configuration error that stopped the run before any file
+    error_code: int | None = None  # ... and its exit code
 
     stopped_by: int | None = None  # exit code of the signal that stopped the run at once (130, 143)
 
@@ -95,6 +103,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        if self.error_code is not None:
+            return self.error_code
         if self.interrupted:
             return self.stopped_by or EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.failed or self.nothing_found else EXIT_OK
@@ -112,6 +122,9 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "model": self.model,
             "scale": self.scale,
+            "outscale": self.outscale,
+            "subfolders_skipped": self.subfolders_skipped,
+            "error": self.error,
             "exit_code": self.exit_code,
         }
 
@@ -130,21 +143,35 @@ def read_list(lines: Iterable[str]) -> list[Path]:
     return [Path(line.rstrip("\r\n")) for line in lines if line.strip()]
 
 
+@dataclass
+class FoundInputs:
+    """What :func:`find_inputs` found: sources to upscale, results for what cannot be used, and
+    how many subfolders a walk without ``recursive`` passed over, per folder argument."""
+
+    sources: list[Source]
+    results: list[FileResult]
+    subfolders_skipped: dict[Path, int] = field(default_factory=dict)
+
+    def __iter__(self):  # ``sources, results = find_inputs(...)``
+        return iter((self.sources, self.results))
+
+
 def find_inputs(
     paths: Sequence[Path],
     recursive: bool = False,
     pattern: str | None = None,
     exclude: Path | None = None,
-) -> tuple[list[Source], list[FileResult]]:
+) -> FoundInputs:
     """Expand file and folder arguments into sources, plus results for what cannot be used.
 
     Files named explicitly are always tried. Folders are walked by
     :func:`hat_cli.imagefiles.scan_folder` (hidden entries passed over, ``pattern`` on the name or
     the relative path, the output folder ``exclude`` never entered); their non-image files are
-    ``ignored``.
+    ``ignored``; without ``recursive`` their subfolders are counted in ``subfolders_skipped``.
     """
     sources: list[Source] = []
     results: list[FileResult] = []
+    skipped: dict[Path, int] = {}
     seen: set[Path] = set()
     visited: set[FolderKey] = set()  # folders already walked: symlinks may loop back to a parent
 
@@ -163,11 +190,13 @@ def find_inputs(
             results += [
                 FileResult(f, None, "failed", error=f"{f}: cannot read folder ({why})") for f, why in scan.unreadable
             ]
+            if scan.subfolders_skipped:
+                skipped[path] = scan.subfolders_skipped
         elif path.exists() or path.is_symlink():
             add(Source(path))
         else:
             results.append(FileResult(path, None, "failed", error=f"{path}: no such file or folder"))
-    return sources, results
+    return FoundInputs(sources, results, skipped)
 
 
 # ---------------------------------------------------------------------------------------- outputs
@@ -221,7 +250,7 @@ def _extension(source: Path, fmt: OutputFormat) -> str:
     return suffix[1:] if suffix and format_for_suffix(suffix) else "png"
 
 
-def _target(source: Source, scale: int, plan: OutputPlan) -> Path:
+def _target(source: Source, scale: int | str, plan: OutputPlan) -> Path:
     """Where one source's output goes: -o FILE, -o FOLDER (tree mirrored), or beside the input."""
     if plan.output_is_file and plan.output is not None:
         return plan.output
@@ -258,8 +287,11 @@ def _refusal(source: Source, target: Path, plan: OutputPlan, claimed: dict[Path,
     return None
 
 
-def plan_jobs(sources: Sequence[Source], scale: int, plan: OutputPlan) -> tuple[list[Job], list[FileResult]]:
-    """Output path for each source; results for the ones that are skipped or cannot be written."""
+def plan_jobs(sources: Sequence[Source], scale: int | str, plan: OutputPlan) -> tuple[list[Job], list[FileResult]]:
+    """Output path for each source; results for the ones that are skipped or cannot be written.
+
+    ``scale`` is what ``{scale}`` in names stands for (the network's factor, or an ``--outscale``).
+    """
     if plan.output_is_file and len(sources) > 1:
         raise ConfigError(f"-o {plan.output}: with several inputs, -o must be a folder")
     targets = [(source, _target(source, scale, plan)) for source in sources]
@@ -353,10 +385,20 @@ def _upscale_frame(upscaler: UpscalerBase, frame: np.ndarray, picture: Picture, 
     return quantize_array(out, frame.dtype)
 
 
-def upscale_picture(upscaler: UpscalerBase, picture: Picture, alpha: AlphaMode = "bicubic") -> Picture:
-    """Upscale every frame, keeping the picture's layout (grey stays grey, alpha stays) and bit depth."""
+def upscale_picture(
+    upscaler: UpscalerBase, picture: Picture, alpha: AlphaMode = "bicubic", size: OutputSize | None = None
+) -> Picture:
+    """Upscale every frame, keeping the picture's layout (grey stays grey, alpha stays) and bit depth.
+
+    With ``size`` (``--outscale``/``--width``/``--height``) the network's output is then resized
+    to the size asked for (:mod:`hat_cli.outscale`).
+    """
     frames = [_upscale_frame(upscaler, frame, picture, alpha) for frame in picture.frames]
-    return picture.scaled(frames, upscaler.scale)
+    if size is not None and size.active:
+        target = size.plan(picture.height, picture.width, upscaler.scale)
+        if target.resize:
+            frames = [resize_array(frame, target.height, target.width) for frame in frames]
+    return picture.scaled(frames)
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -379,6 +421,7 @@ class RunOptions:
     # Leave outputs that exist, or appear during the run, alone; outputs that another hat process
     # is computing right now (it holds their claim) are skipped too, so concurrent runs share work.
     skip_existing: bool = False
+    size: OutputSize | None = None  # --outscale / --width / --height
     prefetch: int = 2  # decoded images waiting for the model (memory bound: a few images)
     stop: threading.Event = field(default_factory=threading.Event)  # set: finish the current file, then stop
 
@@ -407,6 +450,12 @@ def _get(q: queue.Queue, closing: threading.Event) -> object:
                 return _DONE
 
 
+def run_options(plan: OutputPlan, **fields: Any) -> RunOptions:
+    """The run's options, with ``overwrite``/``skip_existing`` taken from the output plan (one
+    source for them: the plan decides which outputs are jobs, the run how they are written)."""
+    return RunOptions(overwrite=plan.overwrite, skip_existing=plan.skip_existing, **fields)
+
+
 # One file's three steps. The local pipeline runs them on three threads; a cluster worker runs
 # :func:`process_job` (all three in turn). Each step turns every failure into a message naming
 # the file: one bad file never stops a batch.
@@ -433,11 +482,12 @@ def upscale_job(
     upscaler: UpscalerBase, job: Job, picture: Picture, options: RunOptions
 ) -> tuple[Picture | None, str | None]:
     try:
-        check_writable(picture, job.output, upscaler.scale)  # the output's size, before the work
+        final = (options.size or OutputSize()).plan(picture.height, picture.width, upscaler.scale)
+        check_writable(picture, job.output, (final.height, final.width))  # the output's size, before the work
     except HatError as exc:
         return None, str(exc)
     try:
-        return upscale_picture(upscaler, picture, options.alpha), None
+        return upscale_picture(upscaler, picture, options.alpha, options.size), None
     except HatError as exc:
         return None, f"{job.source}: {exc}"
     except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of device memory
@@ -458,13 +508,19 @@ def write_job(job: Job, picture: Picture, options: RunOptions, temps: TempFiles 
         return f"{job.output}: cannot write ({type(exc).__name__}: {exc})"
 
 
-def _result(job: Job, picture: Picture | None, error: str | None, seconds: float) -> FileResult:
+def _result(
+    job: Job, picture: Picture | None, error: str | None, seconds: float, input_size: tuple[int, int] | None = None
+) -> FileResult:
     if isinstance(error, SkipReason):
-        return FileResult(job.source, job.output, "skipped", seconds, str(error))
+        return FileResult(job.source, job.output, "skipped", seconds, str(error), input_size=input_size)
     if error is not None:
-        return FileResult(job.source, None, "failed", seconds, error)
+        return FileResult(job.source, None, "failed", seconds, error, input_size=input_size)
     assert picture is not None
-    return FileResult(job.source, job.output, "done", seconds, None, (picture.width, picture.height))
+    return FileResult(job.source, job.output, "done", seconds, None, (picture.width, picture.height), input_size)
+
+
+def _size(picture: Picture | None) -> tuple[int, int] | None:
+    return None if picture is None else (picture.width, picture.height)
 
 
 def process_job(
@@ -475,6 +531,7 @@ def process_job(
     temps = temps or TempFiles()
     started = time.perf_counter()
     picture, error = read_job(job, options)
+    input_size = _size(picture)
     if picture is not None and (error := _claim(job, temps, options)) is not None:
         picture = None
     if picture is not None:
@@ -482,7 +539,7 @@ def process_job(
     if picture is not None:
         error = write_job(job, picture, options, temps)
     temps.unclaim(job.output)
-    return _result(job, picture, error, time.perf_counter() - started)
+    return _result(job, picture, error, time.perf_counter() - started, input_size)
 
 
 def _claim(job: Job, temps: TempFiles, options: RunOptions) -> SkipReason | None:
@@ -530,7 +587,7 @@ class _Pipeline:
 
     def write_all(self) -> None:
         while (item := _get(self.encoded, self.closing)) is not _DONE:
-            job, picture, error, seconds = item
+            job, picture, error, seconds, input_size = item
             if error is None:
                 started = time.perf_counter()
                 error = write_job(job, picture, self.options, self.temps)
@@ -538,7 +595,7 @@ class _Pipeline:
             self.temps.unclaim(job.output)
             if self.aborted.is_set():
                 return
-            self.on_result(_result(job, picture, error, seconds))
+            self.on_result(_result(job, picture, error, seconds, input_size))
 
     def upscale_all(self) -> None:
         """The model's loop, on the calling thread (Ctrl-C arrives here)."""
@@ -548,6 +605,7 @@ class _Pipeline:
                 break
             self.started_jobs += 1
             job, picture, error, seconds = item  # type: ignore[misc]
+            input_size = _size(picture)
             if error is None and (error := _claim(job, self.temps, self.options)) is not None:
                 picture = None
             if error is None:
@@ -556,7 +614,7 @@ class _Pipeline:
                 started = time.perf_counter()
                 picture, error = upscale_job(self.upscaler, job, picture, self.options)
                 seconds += time.perf_counter() - started
-            if not _put(self.encoded, (job, picture, error, seconds), self.closing):
+            if not _put(self.encoded, (job, picture, error, seconds, input_size), self.closing):
                 break
         _put(self.encoded, _DONE, self.closing)
 

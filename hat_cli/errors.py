@@ -12,6 +12,23 @@ EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
 EXIT_STDOUT_CLOSED = 141  # standard output closed under us (`| head`): 128 + SIGPIPE, as Unix tools
 EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, CI cancel): 128 + 15
 
+# What each exit code means: the one definition that help texts are generated from.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "everything succeeded (outputs skipped with --skip-existing count as success)",
+    EXIT_SOME_FAILED: "some inputs failed (unreadable image, output not writable), or no image was found",
+    EXIT_USAGE: "usage or configuration error (bad option, unknown model, bad or unsafe checkpoint)",
+    EXIT_INTERNAL: "internal error (a bug: please report it; HAT_DEBUG=1 shows the traceback)",
+    EXIT_NETWORK: "download failed (every mirror failed, or the bytes were not the registry's file)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_STDOUT_CLOSED: "standard output closed by its reader (| head): stops quietly",
+    EXIT_TERMINATED: "terminated (SIGTERM): stops at once, temporary files removed",
+}
+
+
+def exit_code_table() -> str:
+    """``code  meaning`` lines, one per exit code (for ``--help``)."""
+    return "\n".join(f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+
 
 class HatError(Exception):
     """Base class for every error a user can cause or fix.

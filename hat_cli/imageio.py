@@ -90,13 +90,31 @@ class Picture:
         name = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[self.channels]
         return f"{name};16" if self.bits == 16 else name
 
-    def scaled(self, frames: list[np.ndarray], scale: int) -> Picture:
-        """The same picture with new (upscaled) frames: DPI multiplied so the print size is unchanged."""
-        dpi = (self.dpi[0] * scale, self.dpi[1] * scale) if self.dpi else None
+    def scaled(self, frames: list[np.ndarray], scale: float | None = None) -> Picture:
+        """The same picture with new (resized) frames: DPI multiplied so the print size is unchanged
+        (by ``scale``, or by each axis's ratio of new to old size when it is None)."""
+        if scale is not None:
+            factors = (scale, scale)
+        else:
+            factors = (frames[0].shape[1] / self.width, frames[0].shape[0] / self.height)
+        dpi = (self.dpi[0] * factors[0], self.dpi[1] * factors[1]) if self.dpi else None
         return replace(self, frames=frames, dpi=dpi)
 
 
 # ---------------------------------------------------------------------------------------- formats
+def suffix_for_bytes(data: bytes) -> str | None:
+    """The usual suffix (``.png``) of an encoded image held in memory (stdin), or None if unknown."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            fmt = image.format
+    except Exception:  # not an image Pillow knows: the reader reports it, naming the input
+        return None
+    preferred = {"JPEG": ".jpg", "TIFF": ".tiff", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+    if fmt in preferred:
+        return preferred[fmt]
+    return next((ext for ext, name in Image.registered_extensions().items() if name == fmt), None)
+
+
 def format_for_suffix(suffix: str) -> str | None:
     """Pillow's writer name for a suffix (``.jpg`` -> ``JPEG``), or ``None`` if it cannot be written."""
     Image.init()
@@ -420,10 +438,10 @@ def _read_tiff16(path: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- writing
-def check_writable(picture: Picture, path: Path, scale: int = 1) -> str:
-    """The Pillow format for ``path``, or an :class:`OutputError` if it cannot hold ``picture``
-    upscaled ``scale`` times (checked before upscaling too, so no work is wasted on an output that
-    cannot be written)."""
+def check_writable(picture: Picture, path: Path, size: tuple[int, int] | None = None) -> str:
+    """The Pillow format for ``path``, or an :class:`OutputError` if it cannot hold ``picture`` at
+    ``size`` (height, width; default its own: checked before upscaling too, with the final size, so no
+    work is wasted on an output that cannot be written)."""
     fmt = format_for_suffix(path.suffix)
     if fmt is None:
         raise OutputError(f"{path}: cannot write {path.suffix or 'files without an extension'} images")
@@ -431,7 +449,8 @@ def check_writable(picture: Picture, path: Path, scale: int = 1) -> str:
         raise OutputError(
             f"{path}: {fmt} cannot hold the {len(picture.frames)} frames of an animation (use png or webp)"
         )
-    width, height, side = picture.width * scale, picture.height * scale, _MAX_SIDE.get(fmt)
+    height, width = size or (picture.height, picture.width)
+    side = _MAX_SIDE.get(fmt)
     if side is not None and max(width, height) > side:
         raise OutputError(
             f"{path}: {fmt} holds at most {side}x{side} pixels, the output is {width}x{height} "

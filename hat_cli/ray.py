@@ -62,10 +62,12 @@ from .batch import (
     find_inputs,
     plan_jobs,
     process_job,
+    run_options,
 )
+from .choice import ModelChoice, choose_model, fetch_checkpoint
 from .errors import ClusterError, ConfigError
 from .imageio import DEFAULT_MAX_PIXELS
-from .upscaling import UpscalerBase
+from .upscaling import UpscalerBase, upscaler_name
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'hat-cli[ray]'"
 
@@ -90,8 +92,20 @@ UPSCALER_KEYS = (
 )
 # RunOptions' fields an actor uses (``stop`` is the driver's: an Event does not travel).
 OPTION_KEYS = tuple(f.name for f in dataclasses.fields(RunOptions) if f.name != "stop")
-# What UpscaleFiles returns for each file: FileResult.to_json's fields and the output size.
-RECORD_FIELDS = ("type", "input", "output", "status", "seconds", "error", "width", "height")
+# What UpscaleFiles returns for each file: FileResult.to_json's scalar fields, and the input's and
+# the output's sizes as flat columns (Arrow tables hold them better than lists with gaps).
+RECORD_FIELDS = (
+    "type",
+    "input",
+    "output",
+    "status",
+    "seconds",
+    "error",
+    "width",
+    "height",
+    "input_width",
+    "input_height",
+)
 
 # Ray settings (see the module doc and benchmarks/NOTES-ray.md).
 FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": -1}
@@ -138,9 +152,11 @@ def options_spec(options: RunOptions) -> dict[str, Any]:
 
 
 def record_of(result: FileResult) -> dict[str, Any]:
-    """One file's record: :meth:`FileResult.to_json` plus the output's ``width`` and ``height``."""
-    width, height = result.size if result.size is not None else (None, None)
-    return {**result.to_json(), "width": width, "height": height}
+    """One file's record: :meth:`FileResult.to_json`'s fields, the sizes as flat columns."""
+    record = result.to_json()
+    width, height = record.pop("output_size") or (None, None)
+    input_width, input_height = record.pop("input_size") or (None, None)
+    return record | {"width": width, "height": height, "input_width": input_width, "input_height": input_height}
 
 
 class UpscaleFiles:
@@ -170,8 +186,9 @@ class UpscaleFiles:
     Each call takes a batch with ``source`` and ``output`` columns (paths that every node sees;
     relative ones are relative to the worker's directory) and returns one row per file with the
     fields of ``hat upscale --json``'s records - ``type``, ``input``, ``output`` (None unless done),
-    ``status`` (``done`` or ``failed``), ``seconds``, ``error`` - plus the output's ``width`` and
-    ``height``, and every other column of the batch unchanged. The output is written by the actor
+    ``status`` (``done``, ``failed``, or ``skipped`` with ``skip_existing``), ``seconds``, ``error``
+    - the output's ``width`` and ``height`` and the input's ``input_width`` and ``input_height``,
+    and every other column of the batch unchanged. The output is written by the actor
     through the atomic writer; pixels never enter the batch. A file's own failure (unreadable,
     corrupt, unwritable output, out of memory) is a ``failed`` row, never an exception.
     """
@@ -194,6 +211,37 @@ class UpscaleFiles:
 
 
 # ---------------------------------------------------------------------------------------- driver
+def actor_spec(
+    choice: ModelChoice,
+    offline: bool = False,
+    progress: Callable[..., Any] | None = None,
+    registry: str | os.PathLike[str] | None = None,
+    **engine: Any,
+) -> dict[str, Any]:
+    """The keyword arguments every actor builds its upscaler from (:func:`hat_cli.api.open_upscaler`),
+    for the model ``choice`` names, with what the driver's environment decided made explicit (the
+    preset's full name and scale, the registry file, offline, absolute paths), so every actor builds
+    exactly the model the outputs were named after. A preset's checkpoint is fetched into the
+    driver's cache (verified) first. ``engine`` (device, precision, tile, self_ensemble...) passes
+    through: the actors check it where the model runs."""
+    from .registry import REGISTRY_ENV
+    from .store import is_offline
+
+    unknown = sorted(set(engine) - set(UPSCALER_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown upscaler option(s) {', '.join(unknown)}")
+    offline = is_offline(offline)
+    spec: dict[str, Any] = {**engine, "offline": offline}
+    if choice.is_bicubic:
+        return spec | {"model": choice.name, "scale": choice.scale}
+    if choice.weights is not None:
+        return spec | {"weights": str(choice.weights.absolute()), **choice.hidden}
+    fetch_checkpoint(choice, offline=offline, progress=progress)
+    registry = registry or os.environ.get(REGISTRY_ENV) or None
+    registry_file = None if registry is None else str(Path(registry).absolute())
+    return spec | {"model": choice.name, "scale": choice.scale, "registry": registry_file}
+
+
 def describe_upscaler(
     model: str | None = None,
     weights: str | os.PathLike[str] | None = None,
@@ -202,57 +250,16 @@ def describe_upscaler(
     conv_scale: float | None = None,
     img_range: float | None = None,
     offline: bool = False,
-    self_ensemble: bool = False,
     progress: Callable[..., Any] | None = None,
     **engine: Any,
 ) -> tuple[str, int, dict[str, Any]]:
     """``(name, scale, spec)`` of the upscaler :func:`hat_cli.api.open_upscaler` would build, without
-    building it: the output names need the name and scale; the actors build the model.
-
-    A ``weights`` file is read and identified (shapes give the scale; the network is not built); a
-    preset is resolved in the registry and its checkpoint fetched into the driver's cache (verified)
-    like the local engine would; ``bicubic`` needs ``scale``. The same errors as ``open_upscaler``.
-    ``spec`` is the keyword arguments for the actors with what the driver's environment decided made
-    explicit (the preset's name and scale, the registry file, offline, absolute paths), so every
-    actor builds exactly the model the outputs were named after. ``engine`` (device, precision,
-    tile...) is passed through unchecked: the actors check it where the model runs.
-    """
-    from .api import DEFAULT_FAMILY, DEFAULT_MODEL_ENV
-    from .baseline import BicubicUpscaler, check_scale
-    from .registry import REGISTRY_ENV, load_registry
-    from .store import ensure_checkpoint, is_offline
-
-    unknown = sorted(set(engine) - set(UPSCALER_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown upscaler option(s) {', '.join(unknown)}")
-    offline = is_offline(offline)
-    spec: dict[str, Any] = {**engine, "self_ensemble": self_ensemble, "offline": offline}
-    plus = "+" if self_ensemble else ""
-    if weights is not None:
-        from .checkpoint import identify, read_checkpoint
-
-        if model is not None:
-            raise ConfigError("give either --model or --weights, not both")
-        state, meta = read_checkpoint(weights)
-        config = identify(state, meta, weights, conv_scale=conv_scale, img_range=img_range)[1]
-        if scale is not None and scale != config.scale:
-            raise ConfigError(f"{weights} is a x{config.scale} model but --scale {scale} was given")
-        spec |= {"weights": str(Path(weights).absolute()), "conv_scale": conv_scale, "img_range": img_range}
-        return Path(weights).name + plus, config.scale, spec
-    if conv_scale is not None or img_range is not None:
-        raise ConfigError("--conv-scale/--img-range apply to --weights files only")
-    name = model or os.environ.get(DEFAULT_MODEL_ENV) or DEFAULT_FAMILY
-    if name.lower() == BicubicUpscaler.name:
-        if scale is None:
-            raise ConfigError("--model bicubic needs --scale")
-        check_scale(scale)
-        return BicubicUpscaler.name, int(scale), spec | {"model": BicubicUpscaler.name, "scale": int(scale)}
-    registry = registry or os.environ.get(REGISTRY_ENV) or None
-    preset = load_registry(registry).resolve(name, scale)
-    ensure_checkpoint(preset, offline=offline, progress=progress)
-    registry_file = None if registry is None else str(Path(registry).absolute())
-    spec |= {"model": preset.name, "scale": preset.scale, "registry": registry_file}
-    return preset.name + plus, preset.scale, spec
+    building it (:func:`hat_cli.choice.choose_model`, the same errors): the output names need the
+    name and scale; the actors build the model from ``spec`` (:func:`actor_spec`)."""
+    choice = choose_model(model, weights, scale, registry, conv_scale, img_range)
+    spec = actor_spec(choice, offline=offline, progress=progress, registry=registry, **engine)
+    name = upscaler_name(choice.name, bool(engine.get("self_ensemble")) and not choice.is_bicubic)
+    return name, choice.scale, spec
 
 
 def _absolute(path: Path) -> Path:
@@ -419,8 +426,7 @@ def _result(job: Job, sent: Job, row: Mapping[str, Any]) -> FileResult:
         for absolute, given in sorted(pairs, key=lambda pair: len(pair[0]), reverse=True):  # longer first
             error = error.replace(absolute, given)
     done = row["status"] == "done"
-    width, height = row.get("width"), row.get("height")
-    size = (int(width), int(height)) if done and width is not None and height is not None else None
+    size = _pair(row, "width", "height") if done else None
     seconds = row.get("seconds")
     return FileResult(
         job.source,
@@ -429,7 +435,13 @@ def _result(job: Job, sent: Job, row: Mapping[str, Any]) -> FileResult:
         None if seconds is None else float(seconds),
         error or None,
         size,
+        _pair(row, "input_width", "input_height"),
     )
+
+
+def _pair(row: Mapping[str, Any], first: str, second: str) -> tuple[int, int] | None:
+    a, b = row.get(first), row.get(second)
+    return None if a is None or b is None else (int(a), int(b))
 
 
 def run_on_cluster(
@@ -616,7 +628,7 @@ def upscale_folder_on_cluster(
     paths = [Path(p) for p in given]
     out = None if output is None else Path(output)
     plan = OutputPlan(output=out, name=name, format=format, overwrite=overwrite, skip_existing=skip_existing)
-    options = RunOptions(max_pixels=max_pixels, alpha=alpha, quality=quality, overwrite=overwrite)  # type: ignore[arg-type]
+    options = run_options(plan, max_pixels=max_pixels, alpha=alpha, quality=quality)
     sources, found = find_inputs(paths, recursive, pattern, exclude=out)
     summary = Summary()
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .atomic import signals_deferred
 from .baseline import make_lr
 from .checkpoint import identify, read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError
@@ -491,8 +492,10 @@ class _Session:
         )
 
     def checkpoint(self) -> None:
+        """Both files, whole: Ctrl-C or SIGTERM arriving meanwhile acts once they are written."""
         self.run.wall_s = self.wall_base + time.perf_counter() - self.started
-        self.run.save(self.out, self.state_path)
+        with signals_deferred():
+            self.run.save(self.out, self.state_path)
 
     def validate(self) -> None:
         if self.options.val_hr is not None:

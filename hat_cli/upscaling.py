@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]  # (tiles done, tiles total)
 
 
+def upscaler_name(name: str, self_ensemble: bool = False) -> str:
+    """An upscaler's display name: ``+`` marks the x8 self-ensemble, as in the papers (EDSR+, RCAN+)."""
+    return (name or "custom") + ("+" if self_ensemble else "")
+
+
 class UpscalerBase(ABC):
     """An upscaler by a fixed integer factor: implement :attr:`scale` and :meth:`upscale_tensor`;
     override :meth:`upscale_array` where integer images have a better path.
@@ -64,4 +69,4 @@ class UpscalerBase(ABC):
         return self.upscale_tensor(image, progress)
 
 
-__all__ = ["Progress", "UpscalerBase"]
+__all__ = ["Progress", "UpscalerBase", "upscaler_name"]

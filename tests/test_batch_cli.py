@@ -82,6 +82,9 @@ def test_folder_tree_with_every_mode_and_bad_files(tmp_path: Path, weights: Path
         "seconds": 0,
         "model": "tiny.safetensors",
         "scale": 2,
+        "outscale": None,
+        "subfolders_skipped": 0,
+        "error": None,
         "exit_code": 1,
     }
     # stderr: one line per failure naming the file, then the summary line.

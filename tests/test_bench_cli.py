@@ -179,5 +179,6 @@ def test_upscale_with_bicubic(tmp_path: Path) -> None:
     assert out.shape == (144, 144, 3)  # bird x4 input is 72x72
     np.testing.assert_array_equal(out, bicubic_upscale(read_image(source), 2))
 
-    missing = runner.invoke(app, ["upscale", str(source), "--model", "bicubic"])
-    assert missing.exit_code == 2 and "needs --scale" in missing.stderr
+    default = runner.invoke(app, ["upscale", str(source), "--model", "bicubic"])  # x4, as every upscaler
+    assert default.exit_code == 0, default.output
+    assert read_image(tmp_path / "x_x4.png").shape == (288, 288, 3)

@@ -66,12 +66,14 @@ def test_preset_not_cached_names_the_file_and_where_to_put_it(tmp_path: Path, mo
     assert "4ee053c42461187846dc0e93aa5abd34591c0725a8e044a59000e92ee215e833" in result.output
 
 
-def test_unknown_model_and_missing_scale_list_choices(tmp_path: Path) -> None:
+def test_unknown_model_and_bad_scale_list_choices(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HAT_OFFLINE", "1")
     source = str(_image(tmp_path))
     unknown = runner.invoke(app, ["upscale", source, "--model", "hat-xl", "--scale", "4"])
-    assert unknown.exit_code == 2 and "hat-s" in unknown.output
-    no_scale = runner.invoke(app, ["upscale", source, "--model", "hat-l"])
-    assert no_scale.exit_code == 2 and "x2, x3, x4" in no_scale.output
+    assert unknown.exit_code == 2 and "hat-s" in unknown.output and "bicubic" in unknown.output
+    bad_scale = runner.invoke(app, ["upscale", source, "--model", "hat-l", "--scale", "5"])
+    assert bad_scale.exit_code == 2 and "x2, x3, x4" in bad_scale.output
+    assert len(bad_scale.output.strip().splitlines()) == 1
 
 
 def test_bad_input_image_is_one_line_and_exit_1(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -105,16 +107,20 @@ def test_python_dash_m_and_debug_traceback(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "Traceback" not in missing.stderr and "no.pth" in missing.stderr
 
 
-def test_commands_without_a_model_do_not_import_torch() -> None:
-    # `hat models list/path` and `--help` should answer at once, not after torch's multi-second import.
+def test_commands_without_a_model_do_not_import_torch(tmp_path: Path) -> None:
+    # `hat models list/path`, `--help` and a `--dry-run` (outputs are named without building the
+    # network) should answer at once, not after torch's multi-second import.
+    image = _image(tmp_path)
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from hat_cli.cli import app\n"
-        "for args in (['--help'], ['models', 'list', '--json'], ['models', 'path', 'hat-tiny', '--scale', '4'], ['upscale', '--help']):\n"
-        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "for args in (['--help'], ['models', 'list', '--json'], ['models', 'path', 'hat-tiny', '--scale', '4'],\n"
+        "             ['upscale', '--help'], ['upscale', sys.argv[1], '-m', 'hat-tiny', '--dry-run']):\n"
+        "    result = CliRunner().invoke(app, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
         "print('torch' in sys.modules, 'hat_cli.model.hat.arch' in sys.modules)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", code, str(image)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False", "False"]

@@ -412,7 +412,8 @@ def test_the_driver_names_outputs_without_building_the_model(spec: dict, weights
     [
         ({"weights": "WEIGHTS", "scale": 4}, "is a x2 model but --scale 4 was given"),
         ({"weights": "WEIGHTS", "model": "hat-tiny"}, "give either --model or --weights, not both"),
-        ({"model": "bicubic"}, "--model bicubic needs --scale"),
+        ({"weights": "WEIGHTS", "conv_scale": float("nan")}, "--conv-scale nan: must be a finite number"),
+        ({"model": "bicubic", "scale": 0}, "scale must be a positive integer"),
         (
             {"model": "hat-tiny", "scale": 4, "conv_scale": 0.1},
             "--conv-scale/--img-range apply to --weights files only",

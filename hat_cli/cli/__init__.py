@@ -8,15 +8,22 @@ like Ctrl-C and exits 143; a closed stdout ends the command quietly with 141.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+try:  # recent typer carries its own copy of click; older versions use the click package
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError
 
 from ..errors import (
     EXIT_INTERNAL,
@@ -24,9 +31,12 @@ from ..errors import (
     EXIT_SOME_FAILED,
     EXIT_STDOUT_CLOSED,
     EXIT_TERMINATED,
+    EXIT_USAGE,
     HatError,
     Terminated,
 )
+from ..threads import prepare_openmp
+from ..version import __version__
 from .console import StdoutError, print_error, print_line
 
 
@@ -59,9 +69,56 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+def _usage_line(exc: UsageError) -> str:
+    """A usage error as one line, with where to find help."""
+    message = " ".join(exc.format_message().split())
+    if exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} -h')"
+    return message
+
+
+def _json_summary_for_usage_error(args: Any, exc: UsageError) -> None:
+    """``hat upscale ... --json`` promises a closing summary record, even for a bad option."""
+    argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+    if argv[:1] == ["upscale"] and "--json" in argv:
+        from ..batch import Summary
+
+        summary = Summary(error=_usage_line(exc), error_code=EXIT_USAGE)
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+        sys.stdout.flush()
+
+
 class HatGroup(TyperGroup):
     """Root command group whose ``invoke`` is the single place where errors become exit codes
-    (it wraps every sub-command, also under ``typer.testing.CliRunner``)."""
+    (it wraps every sub-command, also under ``typer.testing.CliRunner``), and whose ``main`` prints
+    click's usage errors as one ``error:`` line (exit 2) instead of a usage block and a box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, **extra: Any):
+        standalone = extra.pop("standalone_mode", True)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except UsageError as exc:
+            if not standalone:
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click shows it
+                exc.show()
+                sys.exit(exc.exit_code)
+            print_error(_usage_line(exc))
+            _json_summary_for_usage_error(args, exc)
+            sys.exit(EXIT_USAGE)
+        except ClickException as exc:
+            if not standalone:
+                raise
+            print_error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone:
+                raise
+            print_line("aborted")
+            sys.exit(1)
+        if not standalone:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: typer.Context):
         debug = bool(os.environ.get("HAT_DEBUG"))
@@ -99,21 +156,42 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,  # plain help and errors: no boxes, one placeholder style
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print_line(f"hat {__version__}", err=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Super-resolution with HAT (Hybrid Attention Transformer): exact, tiled, fast."""
+
 
 from . import models as _models  # noqa: E402  (registers sub-commands on import)
 from .bench import BenchCommand, bench  # noqa: E402
 from .lam import lam  # noqa: E402
+from .options import HatCommand  # noqa: E402
 from .train import train  # noqa: E402
+from .upscale import HELP as UPSCALE_HELP  # noqa: E402
 from .upscale import upscale  # noqa: E402
 
-app.command()(upscale)
+app.command(cls=HatCommand, help=UPSCALE_HELP)(upscale)
 app.command(cls=BenchCommand)(bench)
-app.command()(train)
+app.command(cls=HatCommand)(train)
 app.command(cls=BenchCommand)(lam)  # BenchCommand: --model/--weights kept in command-line order
 app.add_typer(_models.app, name="models")
 
 
 def main() -> None:
+    prepare_openmp()  # before torch is imported: OpenMP threads sleep, not spin, while they wait
     app()

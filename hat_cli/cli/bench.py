@@ -10,21 +10,31 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperCommand
 
 from ..baseline import Model
 from ..errors import EXIT_SOME_FAILED, ConfigError
 from ..evaluation import BenchResult, ImageScore, Pairing, pair_images, run_bench, write_csv
 from ..imageio import DEFAULT_MAX_PIXELS
 from .console import console, echo, err_console, one_line, print_error, print_line, print_warning
-from .options import FOLDER, DeviceOpt, JsonOpt, PrecisionOpt, RegistryOpt, SelfEnsembleOpt, TileOpt, parse_tile
+from .options import (
+    FOLDER,
+    DeviceOpt,
+    HatCommand,
+    JsonOpt,
+    PrecisionOpt,
+    RegistryOpt,
+    SelfEnsembleOpt,
+    ThreadsOpt,
+    TileOpt,
+    parse_tile,
+)
 from .progress import counter_bar
 
 _ORDER_KEY = "hat.bench.model_order"
 _MODEL_PARAMS = ("model", "weights")
 
 
-class BenchCommand(TyperCommand):
+class BenchCommand(HatCommand):
     """Records the command-line order of ``--model``/``--weights`` (Typer keeps one list per option)."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
@@ -101,6 +111,7 @@ def bench(
     tile: TileOpt = "0",
     self_ensemble: SelfEnsembleOpt = False,
     registry: RegistryOpt = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Score models against ground truth: hat bench --hr Set5/HR --scale 4 --model bicubic --model hat."""
     specs = _model_specs(ctx, model or [], weights or [])
@@ -108,6 +119,9 @@ def bench(
         raise ConfigError("name a model to score: --model NAME, --model bicubic or --weights FILE (repeatable)")
     tile_size = parse_tile(tile)
     pairing = _pairing(hr, lr, scale)
+    from ..threads import set_threads  # torch: only once there is something to score
+
+    set_threads(threads)
     models = _load_models(
         specs, scale, registry, device, precision, 0 if tile_size == "auto" else tile_size, self_ensemble
     )

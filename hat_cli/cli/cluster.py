@@ -7,17 +7,15 @@ only the run step differs, and results go to the same :class:`~hat_cli.cli.upsca
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
 import typer
 
-from ..batch import FileResult, OutputPlan, RunOptions, Source, plan_jobs
-from ..errors import ConfigError
+from ..batch import FileResult, Job, RunOptions
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated
 from .console import print_line
 
 ENGINES = ("local", "ray")
@@ -75,34 +73,16 @@ class RayEngine:
 
     def run(
         self,
-        sources: Sequence[Source],
-        plan: OutputPlan,
-        reporter: Any,  # cli.upscale.Reporter: called with each result; summary, progress, task
-        dry_run: bool,
+        jobs: Sequence[Job],
+        reporter: Any,  # cli.upscale.Reporter: called with each result; summary, progress
         verbose: bool,
         options: RunOptions,
-        upscaler: Mapping[str, Any],
+        spec: Mapping[str, Any],
     ) -> int:
-        """Name the outputs (the model's name and scale, without loading it), then run the jobs on
-        Ray; returns how many files were not finished (Ctrl-C)."""
-        from ..ray import describe_upscaler, run_on_cluster
+        """Run planned jobs on Ray (the actors build the upscaler from ``spec``); returns how many
+        files were not finished (Ctrl-C, SIGTERM)."""
+        from ..ray import run_on_cluster
 
-        summary, progress, task = reporter.summary, reporter.progress, reporter.task
-
-        name, scale, spec = describe_upscaler(**upscaler)
-        summary.model, summary.scale = name, scale
-        plan.model = name
-        jobs, planned = plan_jobs(sources, scale, plan)
-        for result in planned:
-            reporter(result)
-        if dry_run:
-            for job in jobs:
-                reporter(FileResult(job.source, job.output, "planned"))
-            return 0
-        if not jobs:
-            return 0
-        if progress is not None and task is not None:
-            progress.update(task, total=len(jobs))
         settled = 0
 
         def on_result(result: FileResult) -> None:
@@ -116,11 +96,12 @@ class RayEngine:
                 f"on {info['nodes']} node(s) ({info['address']})"
             )
 
-        with _sigterm_interrupts(), progress if progress is not None else nullcontext():
+        progress = reporter.progress
+        with progress if progress is not None else nullcontext():
             try:
                 return run_on_cluster(
                     jobs,
-                    spec,
+                    dict(spec),
                     options,
                     address=self.address,
                     workers=self.workers,
@@ -130,8 +111,7 @@ class RayEngine:
                     on_ready=on_ready if verbose else None,
                 )
             except KeyboardInterrupt as exc:  # the cluster work is stopped and no temporary is left
-                if type(exc) is not KeyboardInterrupt:  # a subclass (SIGTERM's) goes to the error boundary
-                    raise
+                reporter.summary.stopped_by = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
                 return len(jobs) - settled
 
 
@@ -158,25 +138,3 @@ def cluster_engine(
 
     require_ray()
     return RayEngine(address, workers, gpus_per_worker, 1.0 if cpus_per_worker is None else cpus_per_worker)
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While the cluster runs, SIGTERM stops it like Ctrl-C (workers stopped, temporaries removed),
-    unless a handler is already installed (that one is kept)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
-        signal.SIG_DFL,
-        None,
-    ):
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup it starts must finish
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)

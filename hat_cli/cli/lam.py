@@ -68,7 +68,10 @@ def parse_at(value: str) -> tuple[int, int]:
 
 def lam(
     ctx: typer.Context,
-    image: Annotated[Path, typer.Argument(help="The LR input image (an HR image with --from-hr).", show_default=False)],
+    image: Annotated[
+        Path,
+        typer.Argument(metavar="IMAGE", help="The LR input image (an HR image with --from-hr).", show_default=False),
+    ],
     at: Annotated[
         str,
         typer.Option(

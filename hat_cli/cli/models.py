@@ -25,7 +25,7 @@ from ..store import (
     verify_checkpoint,
 )
 from .console import console, echo, one_line, print_error
-from .options import JsonOpt, PresetScaleOpt, QuietOpt, RegistryOpt
+from .options import HatCommand, JsonOpt, PresetScaleOpt, QuietOpt, RegistryOpt
 from .progress import download_progress
 
 NamesArg = Annotated[
@@ -39,7 +39,7 @@ NameArg = Annotated[str, typer.Argument(help="Preset name or alias.", metavar="N
 app = typer.Typer(help="List and manage model checkpoints.", no_args_is_help=True)
 
 
-@app.command("list")
+@app.command("list", cls=HatCommand)
 def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     """Show every preset: name, aliases, scale, parameters, size and whether it is available locally."""
     reg = load_registry(registry)
@@ -92,7 +92,7 @@ def _emit_json(rows: Any) -> None:
     echo(json.dumps(rows, indent=2))
 
 
-@app.command("download")
+@app.command("download", cls=HatCommand)
 def download(
     names: NamesArg = None,
     all_models: Annotated[bool, typer.Option("--all", help="Every preset of the registry.")] = False,
@@ -130,13 +130,13 @@ def download(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command("path")
+@app.command("path", cls=HatCommand)
 def path(name: NameArg, scale: PresetScaleOpt = None, registry: RegistryOpt = None) -> None:
     """Print the local path of a checkpoint (error if it is not cached)."""
     echo(str(require_checkpoint(load_registry(registry).resolve(name, scale))))
 
 
-@app.command("verify")
+@app.command("verify", cls=HatCommand)
 def verify(
     names: NamesArg = None,
     scale: PresetScaleOpt = None,
@@ -171,7 +171,7 @@ def verify(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command("import")
+@app.command("import", cls=HatCommand)
 def import_(
     file: Annotated[Path, typer.Argument(help="Checkpoint fetched by hand (e.g. from Google Drive).")],
     name: Annotated[
@@ -192,7 +192,7 @@ def import_(
             echo(f"imported {preset.name}: {target}")
 
 
-@app.command("rm")
+@app.command("rm", cls=HatCommand)
 def rm(
     names: Annotated[list[str], typer.Argument(help="Preset names or aliases.", metavar="NAME", show_default=False)],
     scale: PresetScaleOpt = None,

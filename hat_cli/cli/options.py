@@ -3,39 +3,125 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from ..errors import ConfigError
 
+
+class HatCommand(TyperCommand):
+    """Every command's class: help with upper-case placeholders only. (Recent Typer versions
+    append the Python type to argument names in plain help, ``NAME <str>``; that is switched off.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, typer.core.TyperOption) and hasattr(param, "display_type_rich"):
+                param.display_type_rich = _upper_placeholder(param.display_type_rich)  # type: ignore[method-assign]
+            if isinstance(param, typer.core.TyperArgument):
+                if hasattr(param, "display_type_rich"):
+                    param.display_type_rich = _no_type  # type: ignore[method-assign]
+                if hasattr(param, "_usage_display_name"):  # "{NAME}" -> "NAME", as click writes it
+                    param._usage_display_name = _usage_name(param)  # type: ignore[method-assign]
+
+
+_PLACEHOLDERS = {"int": "N", "int range": "N", "float": "X", "float range": "X", "str": "TEXT", "list[Path]": "DIR"}
+
+
+def _upper_placeholder(display: Any) -> Any:
+    """``<int range>`` -> ``N``, ``<dir>`` -> ``DIR``, ``<y|rgb>`` -> ``[y|rgb]``: click's style."""
+
+    def placeholder(ctx: Any) -> str | None:
+        text = display(ctx)
+        if not (isinstance(text, str) and text.startswith("<") and text.endswith(">")):
+            return text
+        inner = text[1:-1]
+        if "|" in inner:
+            return f"[{inner}]"
+        return _PLACEHOLDERS.get(inner, inner.upper())
+
+    return placeholder
+
+
+def _no_type(ctx: Any = None) -> None:
+    return None
+
+
+def _usage_name(param: Any) -> Any:
+    def name() -> str:
+        text = param.metavar or (param.name or "").upper()
+        text = text if param.required else f"[{text}]"
+        return text + ("..." if param.nargs != 1 else "")
+
+    return name
+
+
 ModelOpt = Annotated[
     Optional[str],  # noqa: UP045  (typer needs Optional at runtime on older versions)
-    typer.Option("--model", "-m", help="Preset name or alias (see 'hat models list'); env HAT_MODEL."),
+    typer.Option("--model", "-m", metavar="NAME", help="Preset name or alias (see 'hat models list'); env HAT_MODEL."),
 ]
 WeightsOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--weights", "-w", help="Any HAT checkpoint (.pth/.pt/.safetensors); architecture read from it."),
+    typer.Option(
+        "--weights", "-w", metavar="FILE", help="Any HAT checkpoint (.pth/.pt/.safetensors); architecture read from it."
+    ),
 ]
 ScaleOpt = Annotated[
     Optional[int],  # noqa: UP045
-    typer.Option("--scale", "-s", help="Upscaling factor (2, 3, 4); read from --weights if omitted."),
+    typer.Option(
+        "--scale",
+        "-s",
+        metavar="N",
+        help="The network's factor (2, 3, 4); default 4 where the model has x4, else read from --weights.",
+        show_default=False,
+    ),
 ]
 PresetScaleOpt = Annotated[
     Optional[int],  # noqa: UP045
-    typer.Option("--scale", "-s", help="Pick an alias's checkpoint by scale: hat-s --scale 4."),
+    typer.Option("--scale", "-s", metavar="N", help="Pick an alias's checkpoint by scale: hat-s --scale 4."),
 ]
 # An existing folder argument (--hr, --lr, --val-hr).
 FOLDER = dict(exists=True, file_okay=False, dir_okay=True, show_default=False)
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N] | mps.")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto | cpu | cuda[:N] | mps.")]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", metavar="NAME", help="auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16.")
+]
 TileOpt = Annotated[
-    str, typer.Option("--tile", help="Tile size in input pixels; 0 = whole image; auto = fit in memory.")
+    str,
+    typer.Option(
+        "--tile", "-t", metavar="N|auto", help="Tile size in input pixels; 0 = whole image; auto = fit in memory."
+    ),
+]
+ThreadsOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--threads",
+        min=1,
+        metavar="N",
+        help="CPU threads for the network (default: the cores this process may use: affinity, cgroup quota).",
+        show_default=False,
+    ),
+]
+GpuOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--gpu",
+        "-g",
+        min=-1,
+        metavar="N",
+        help="GPU index (cuda:N), -1 for the CPU; same as --device.",
+        show_default=False,
+    ),
 ]
 TileOverlapOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
-        "--tile-overlap", min=0, help="Input pixels shared by neighbouring tiles (default: 2 windows, >= 32)."
+        "--tile-overlap",
+        min=0,
+        metavar="N",
+        help="Input pixels shared by neighbouring tiles (default: 2 windows, >= 32).",
     ),
 ]
 CompileOpt = Annotated[
@@ -51,15 +137,15 @@ SelfEnsembleOpt = Annotated[
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also report tiling, device and precision choices.")]
 RegistryOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--registry", help="Extra registry TOML adding/overriding presets; env HAT_REGISTRY."),
+    typer.Option("--registry", metavar="FILE", help="Extra registry TOML adding/overriding presets; env HAT_REGISTRY."),
 ]
 ConvScaleOpt = Annotated[
     Optional[float],  # noqa: UP045
-    typer.Option("--conv-scale", help="Override conv_scale for --weights (not stored in tensor shapes)."),
+    typer.Option("--conv-scale", metavar="X", help="Override conv_scale for --weights (not stored in tensor shapes)."),
 ]
 ImgRangeOpt = Annotated[
     Optional[float],  # noqa: UP045
-    typer.Option("--img-range", help="Override img_range for --weights (1.0 for all official models)."),
+    typer.Option("--img-range", metavar="X", help="Override img_range for --weights (1.0 for all official models)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

@@ -1,11 +1,14 @@
 """``hat upscale``: upscale image files and folders with a preset or any HAT checkpoint.
 
-Built for scripts: one line per failure on stderr (the batch goes on), exit 0 when everything
-succeeded, 1 when some inputs failed (or none was an image), 2 for usage errors, 130 when
-interrupted, 143 on SIGTERM; ``--json`` prints one object per file and a summary on stdout. The
-first Ctrl-C finishes the current file and stops; a second one, or SIGTERM, stops at once. Outputs
-are written to a temporary name and renamed, so no partial image is ever left under an output name;
-temporaries of killed runs are removed from the output folders by the next run.
+Built for scripts: one line per failure on stderr (the batch goes on), the exit codes of
+:data:`hat_cli.errors.EXIT_CODES` (0 all done, 1 some inputs failed or none was an image, 2 usage,
+130 Ctrl-C, 143 SIGTERM, ...); ``--json`` prints one object per file and a summary on stdout (also
+when a configuration error stops the run). ``-`` reads one image from stdin, ``-o -`` writes it to
+stdout. The first Ctrl-C finishes the current file and stops; a second one, or SIGTERM, stops at
+once. Outputs are written to a temporary name and renamed, so no partial image is ever left under an
+output name; temporaries of killed runs are removed from the output folders by the next run. On a
+terminal, the file lines and messages are printed above one live progress bar. ``--engine ray`` runs
+the same batch on a Ray cluster (:mod:`hat_cli.cli.cluster`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -36,17 +40,21 @@ from ..batch import (
     plan_jobs,
     read_list,
     run_batch,
+    run_options,
     sweep_folders,
 )
-from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, Terminated
-from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix
-from ..upscaling import UpscalerBase
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, HatError, Terminated, exit_code_table
+from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix, suffix_for_bytes
+from ..outscale import OutputSize
+from ..samples import sample_path
+from ..upscaling import UpscalerBase, upscaler_name
 from .cluster import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, cluster_engine
-from .console import echo, err_console, print_error, print_line
+from .console import console, echo, err_console, one_line, print_error, print_line, print_warning
 from .options import (
     CompileOpt,
     ConvScaleOpt,
     DeviceOpt,
+    GpuOpt,
     ImgRangeOpt,
     JsonOpt,
     ModelOpt,
@@ -56,6 +64,7 @@ from .options import (
     RegistryOpt,
     ScaleOpt,
     SelfEnsembleOpt,
+    ThreadsOpt,
     TileOpt,
     TileOverlapOpt,
     VerboseOpt,
@@ -64,22 +73,31 @@ from .options import (
 )
 from .progress import TileProgress, counter_bar, download_progress
 
+STDIO = "-"  # an input or -o naming stdin / stdout
+
 
 class Reporter:
-    """Turns results into lines, JSON and progress; called from the writer thread, hence the lock."""
+    """Turns results into lines, JSON and progress; called from the writer thread, hence the lock.
 
-    def __init__(self, as_json: bool, quiet: bool, progress: Progress | None) -> None:
+    While the progress bar is live on a terminal, file lines are printed through it (above the
+    bar, which stays one bar at the bottom) instead of straight to the same terminal.
+    """
+
+    def __init__(self, as_json: bool, quiet: bool, progress: Progress | None, lines_to_stderr: bool = False) -> None:
         self.as_json = as_json
         self.quiet = quiet
         self.progress = progress
+        self.lines_to_stderr = lines_to_stderr  # stdout carries an image (-o -)
         self.task = progress.add_task("upscaling", total=0) if progress else None
         self.current: Path | None = None  # the file being upscaled (for --verbose lines)
         self.summary = Summary()
         self.reported = 0
+        self.names: dict[str, str] = {}  # stdin/stdout stand-ins -> what to call them
         self._lock = threading.Lock()
 
     def __call__(self, result: FileResult) -> None:
         with self._lock:
+            result = self._renamed(result)
             self.summary.add(result)
             self.reported += 1
             if self.as_json:
@@ -91,14 +109,45 @@ class Reporter:
             if self.progress is not None and self.task is not None and result.status in ("done", "failed"):
                 self.progress.advance(self.task)
 
+    def _renamed(self, result: FileResult) -> FileResult:
+        if not self.names:
+            return result
+
+        def name(path: Path | None) -> Path | None:
+            return None if path is None else Path(self.names.get(str(path), str(path)))
+
+        error = result.error
+        for real, shown in self.names.items():
+            error = error.replace(real, shown) if error else error
+        return FileResult(
+            name(result.input),
+            name(result.output),
+            result.status,
+            result.seconds,
+            error,
+            result.size,
+            result.input_size,
+        )
+
+    def print(self, text: str) -> None:
+        """One plain line for the user: stdout, or through the live bar when both share the terminal."""
+        if (
+            self.progress is not None
+            and self.progress.live.is_started
+            and (console.is_terminal or self.lines_to_stderr)
+        ):
+            self.progress.console.print(one_line(text), markup=False, highlight=False, soft_wrap=True)
+        else:
+            print_line(text, err=self.lines_to_stderr)
+
     def _line(self, result: FileResult) -> None:
         if result.status == "done":
             size = f"{result.size[0]}x{result.size[1]}, " if result.size else ""
-            print_line(f"{result.input} -> {result.output} ({size}{result.seconds:.1f}s)", err=False)
+            self.print(f"{result.input} -> {result.output} ({size}{result.seconds:.1f}s)")
         elif result.status == "planned":
-            print_line(f"{result.input} -> {result.output}", err=False)
+            self.print(f"{result.input} -> {result.output}")
         elif result.status == "skipped":
-            print_line(f"{result.input}: skipped ({result.error})", err=False)
+            self.print(f"{result.input}: skipped ({result.error})")
 
     def starting(self, job: Job) -> None:
         self.current = job.source
@@ -148,54 +197,120 @@ def graceful_interrupt(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+HELP = f"""Upscale images and folders: hat upscale photos/ -r -o big/ (x4 by default).
+
+Grey stays grey, 16-bit PNG/TIFF stay 16-bit, transparency is upscaled apart (--alpha). Animated GIF/WebP/PNG: every frame, timing kept. CMYK becomes sRGB. EXIF orientation is applied; ICC, EXIF and DPI (scaled) are kept where the format can hold them.
+
+Sizes: the network runs at its own scale (--scale); --outscale F (any factor > 0) or --width/--height (one keeps the aspect ratio, both give exactly that size) then resize its output with MATLAB's bicubic. '-' as the input reads one image from stdin; -o - writes the result to stdout.
+
+The first Ctrl-C finishes the current file, the second stops at once; never a partial output.
+
+\b
+Exit status:
+{exit_code_table()}
+"""
+
+
 def upscale(
     inputs: Annotated[
         Optional[list[Path]],  # noqa: UP045
-        typer.Argument(help="Image files and/or folders to upscale.", show_default=False),
+        typer.Argument(
+            help="Image files and/or folders to upscale; '-' reads one image from stdin.",
+            metavar="INPUT",
+            show_default=False,
+        ),
     ] = None,
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--output",
             "-o",
-            help="Output folder (mirrors input folders' trees), or a file for a single input; default: beside each input.",
+            metavar="PATH",
+            help="Output folder (mirrors input folders' trees), or a file for a single input, or '-' for stdout; default: beside each input (--sample: the current folder).",
+            show_default=False,
+        ),
+    ] = None,
+    sample: Annotated[
+        bool,
+        typer.Option("--sample", help="Also upscale the bundled sample picture (Kodak parrots, 160x160)."),
+    ] = False,
+    outscale: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--outscale",
+            metavar="F",
+            help="Final factor, any number > 0 (3.5, 8): the network's scale, then a bicubic resize.",
+            show_default=False,
+        ),
+    ] = None,
+    width: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--width", metavar="W", help="Output width in pixels (aspect kept unless --height).", show_default=False
+        ),
+    ] = None,
+    height: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--height", metavar="H", help="Output height in pixels (aspect kept unless --width).", show_default=False
         ),
     ] = None,
     name: Annotated[
-        str, typer.Option("--name", help="Output file name template: {stem}, {ext}, {scale}, {model}.")
+        str,
+        typer.Option("--name", metavar="TEMPLATE", help="Output file name template: {stem}, {ext}, {scale}, {model}."),
     ] = DEFAULT_NAME,
     output_format: Annotated[
-        str, typer.Option("--format", "-f", help="keep | png | jpg | webp | tiff ({ext} in --name).")
+        str, typer.Option("--format", "-f", metavar="FORMAT", help="keep | png | jpg | webp | tiff ({ext} in --name).")
     ] = "keep",
     quality: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality (default 95; WebP 100 = lossless)."),
+        typer.Option(
+            "--quality",
+            min=1,
+            max=100,
+            metavar="N",
+            help="JPEG/WebP quality, 1-100 (default 95; WebP 100 = lossless).",
+            show_default=False,
+        ),
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
     glob: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--glob", help="Only files in folders whose name (or relative path) matches, e.g. '*.png'."),
+        typer.Option(
+            "--glob",
+            metavar="PATTERN",
+            help="Only files in folders whose name (or relative path) matches, e.g. '*.png'.",
+            show_default=False,
+        ),
     ] = None,
     from_list: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option("--from-list", help="Read input paths from FILE, one a line ('-' for stdin)."),
+        typer.Option(
+            "--from-list",
+            metavar="FILE",
+            help="Read input paths from FILE, one a line ('-' for stdin).",
+            show_default=False,
+        ),
     ] = None,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Leave existing outputs alone.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     alpha: Annotated[
-        str, typer.Option("--alpha", help="Upscale transparency with: bicubic (fast, smooth) | model.")
+        str, typer.Option("--alpha", metavar="MODE", help="Upscale transparency with: bicubic (fast, smooth) | model.")
     ] = "bicubic",
     max_pixels: Annotated[
-        int, typer.Option("--max-pixels", min=1, help="Refuse inputs larger than this (all frames together).")
+        int,
+        typer.Option("--max-pixels", min=1, metavar="N", help="Refuse inputs larger than this (all frames together)."),
     ] = DEFAULT_MAX_PIXELS,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; write nothing.")] = False,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     scale: ScaleOpt = None,
     device: DeviceOpt = "auto",
+    gpu: GpuOpt = None,
     precision: PrecisionOpt = "auto",
     tile: TileOpt = "auto",
     tile_overlap: TileOverlapOpt = None,
+    threads: ThreadsOpt = None,
     compile_model: CompileOpt = False,
     self_ensemble: SelfEnsembleOpt = False,
     registry: RegistryOpt = None,
@@ -211,92 +326,253 @@ def upscale(
     gpus_per_worker: GpusPerWorkerOpt = None,
     cpus_per_worker: CpusPerWorkerOpt = None,
 ) -> None:
-    """Upscale images and folders: hat upscale photos/ -r -o big/ --scale 4.
-
-    Grey stays grey, 16-bit PNG/TIFF stay 16-bit, transparency is upscaled apart (--alpha). Animated GIF/WebP/PNG: every frame, timing kept. CMYK becomes sRGB. EXIF orientation is applied; ICC, EXIF and DPI (scaled) are kept where the format can hold them.
-
-    Exit status: 0 all done, 1 some inputs failed or no image found, 2 usage error, 4 download failed, 130 interrupted, 143 terminated (SIGTERM). The first Ctrl-C finishes the current file, the second (or SIGTERM) stops at once; never a partial output.
-    """  # one line per paragraph: the help formatter keeps line breaks
     started = time.perf_counter()
     # Damaged files make Pillow warn as well as fail; the failure is reported as one line already.
     warnings.filterwarnings("ignore", module=r"PIL\.")
-    tile_size = parse_tile(tile)
-    ray_engine = cluster_engine(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)  # None: local
-    if alpha not in ("bicubic", "model"):
-        raise ConfigError(f"--alpha {alpha!r}: use bicubic or model")
-    paths = _input_paths(inputs, from_list)
-    plan = _output_plan(output, paths, name, output_format, overwrite, skip_existing)
-    sources, found = find_inputs(paths, recursive, glob, exclude=None if plan.output_is_file else output)
+    to_stdout = output is not None and str(output) == STDIO
+    reporter = Reporter(as_json, quiet, None, lines_to_stderr=to_stdout)
+    try:
+        with ExitStack() as stack:
+            request = _Request(inputs, output, sample, from_list, to_stdout, stack)
+            exit_code = _upscale(
+                request,
+                reporter,
+                size=OutputSize(outscale, width, height),
+                name=name,
+                output_format=output_format,
+                quality=quality,
+                recursive=recursive,
+                glob=glob,
+                skip_existing=skip_existing,
+                overwrite=overwrite,
+                alpha=alpha,
+                max_pixels=max_pixels,
+                dry_run=dry_run,
+                model=model,
+                weights=weights,
+                scale=scale,
+                device=_device(device, gpu),
+                precision=precision,
+                tile=tile,
+                tile_overlap=tile_overlap,
+                threads=threads,
+                compile_model=compile_model,
+                self_ensemble=self_ensemble,
+                registry=registry,
+                conv_scale=conv_scale,
+                img_range=img_range,
+                offline=offline,
+                verbose=verbose,
+                engine=cluster_engine(engine, ray_address, workers, gpus_per_worker, cpus_per_worker),
+            )
+    except HatError as exc:  # a configuration error: the JSON stream still ends with its summary
+        if as_json:
+            reporter.summary.error = str(exc)
+            reporter.summary.error_code = exc.exit_code
+            reporter.summary.seconds = time.perf_counter() - started
+            echo(json.dumps(reporter.summary.to_json()))
+        raise
+    reporter.summary.seconds = time.perf_counter() - started
+    reporter.finish(dry_run)
+    raise typer.Exit(exit_code)
 
-    show_progress = not (quiet or as_json or dry_run) and err_console.is_terminal
+
+class _Request:
+    """The inputs and output as given, with stdin/stdout swapped for files in a private temporary
+    folder (removed by ``stack``) and the sample picture added."""
+
+    def __init__(
+        self,
+        inputs: list[Path] | None,
+        output: Path | None,
+        sample: bool,
+        from_list: Path | None,
+        to_stdout: bool,
+        stack: ExitStack,
+    ) -> None:
+        paths = list(inputs or [])
+        if from_list is not None:
+            paths += _read_from_list(from_list)
+        if sample:
+            paths.append(sample_path())
+            if output is None:
+                output = Path.cwd()  # never inside the installed package
+        if not paths:
+            raise ConfigError("no inputs: give image files or folders, '-' for stdin, --from-list FILE or --sample")
+        self.names: dict[str, str] = {}
+        self.stdout_file: Path | None = None
+        self._stack = stack
+        self._folder: Path | None = None
+        if sum(str(p) == STDIO for p in paths) > 1:
+            raise ConfigError("'-' (stdin) can be given once")
+        if any(str(p) == STDIO for p in paths):
+            paths = [self._stdin_file() if str(p) == STDIO else p for p in paths]
+        if to_stdout:
+            if len(paths) != 1 or paths[0].is_dir():
+                raise ConfigError("-o - (stdout) takes exactly one input image")
+            self.stdout_file = self.folder / f"stdout{paths[0].suffix or '.png'}"
+            self.names[str(self.stdout_file)] = "<stdout>"
+            output = self.stdout_file
+        self.paths = paths
+        self.output = output
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="hat-stdio-")))
+        return self._folder
+
+    def _stdin_file(self) -> Path:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise ConfigError("'-' reads an image from stdin, but stdin is a terminal: pipe an image in")
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise ConfigError("'-': stdin is empty (no image was piped in)")
+        path = self.folder / f"stdin{suffix_for_bytes(data) or '.png'}"
+        path.write_bytes(data)
+        self.names[str(path)] = "<stdin>"
+        return path
+
+    def stdout_format(self, output_format: str) -> None:
+        """-o - with --format: the temporary output takes that format's extension."""
+        if self.stdout_file is not None and output_format != "keep":
+            renamed = self.stdout_file.with_suffix(f".{output_format}")
+            self.names = {(str(renamed) if k == str(self.stdout_file) else k): v for k, v in self.names.items()}
+            self.stdout_file = self.output = renamed
+
+    def send_stdout(self) -> None:
+        """Copy the finished image to stdout, binary-safe."""
+        if self.stdout_file is None or not self.stdout_file.is_file():
+            return
+        try:
+            sys.stdout.buffer.write(self.stdout_file.read_bytes())
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away: nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _device(device: str, gpu: int | None) -> str:
+    """``-g N`` is ``--device cuda:N`` (``-1``: the CPU), as in the ncnn upscalers."""
+    if gpu is None:
+        return device
+    if device != "auto":
+        raise ConfigError(f"give --device or -g/--gpu, not both (--device {device}, -g {gpu})")
+    return "cpu" if gpu < 0 else f"cuda:{gpu}"
+
+
+def _upscale(request: _Request, reporter: Reporter, **options) -> int:
+    """The command's work once the inputs are known; returns the exit code."""
+    o = options | {"tile": parse_tile(options["tile"])}  # a bad --tile fails before any work
+    if o["alpha"] not in ("bicubic", "model"):
+        raise ConfigError(f"--alpha {o['alpha']!r}: use bicubic or model")
+    if request.stdout_file is not None and reporter.as_json:
+        raise ConfigError("-o - writes the image to stdout: --json cannot share it")
+    request.stdout_format(o["output_format"])
+    reporter.names = request.names
+    paths, output = request.paths, request.output
+    plan = _output_plan(output, paths, o["name"], o["output_format"], o["overwrite"], o["skip_existing"])
+    found = find_inputs(paths, o["recursive"], o["glob"], exclude=None if plan.output_is_file else output)
+    _note_skipped_folders(found.subfolders_skipped, reporter)
+
+    show_progress = not (reporter.quiet or reporter.as_json or o["dry_run"]) and err_console.is_terminal
     progress = counter_bar(eta=True, console=err_console) if show_progress else None
-    reporter = Reporter(as_json, quiet, progress)
-    for result in found:
+    reporter.progress = progress
+    reporter.task = progress.add_task("upscaling", total=0) if progress else None
+    for result in found.results:
         reporter(result)
 
     not_started = 0
-    options = RunOptions(
-        max_pixels=max_pixels,
-        alpha=alpha,  # type: ignore[arg-type]
-        quality=quality,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-    )
-    if sources and ray_engine is not None:  # the actors load the model, the driver only names outputs
-        spec = dict(model=model, weights=weights, scale=scale, registry=registry, conv_scale=conv_scale)
-        spec |= dict(img_range=img_range, device=device, precision=precision, tile=tile_size, tile_overlap=tile_overlap)
-        spec |= dict(compile=compile_model, self_ensemble=self_ensemble, offline=offline)
-        spec["progress"] = download_progress(quiet or as_json)
-        not_started = ray_engine.run(sources, plan, reporter, dry_run, verbose, options, spec)
-    elif sources:  # the model loads once, and only when there is something to upscale
-        from ..api import open_upscaler  # torch: only when a model runs (fast --help/--dry-run)
-
-        upscaler = open_upscaler(
-            model=model,
-            weights=weights,
-            scale=scale,
-            registry=registry,
-            conv_scale=conv_scale,
-            img_range=img_range,
-            device=device,
-            precision=precision,
-            tile=tile_size,
-            tile_overlap=tile_overlap,
-            compile=compile_model,
-            self_ensemble=self_ensemble,
-            offline=offline,
-            progress=download_progress(quiet or as_json),
-        )
-        _attach(upscaler, reporter, progress, verbose)
-        not_started = _run(upscaler, sources, plan, options, reporter, progress, dry_run)
-
+    if found.sources:
+        not_started = _upscale_sources(found.sources, plan, reporter, progress, request, o)
     reporter.summary.not_started = not_started
-    reporter.summary.seconds = time.perf_counter() - started
-    reporter.finish(dry_run)
-    raise typer.Exit(reporter.summary.exit_code)
+    if not o["dry_run"] and reporter.summary.failed == 0:
+        request.send_stdout()
+    return reporter.summary.exit_code
 
 
-def _input_paths(inputs: list[Path] | None, from_list: Path | None) -> list[Path]:
-    paths = list(inputs or [])
-    if from_list is not None:
-        paths += _read_from_list(from_list)
-    if not paths:
-        raise ConfigError("no inputs: give image files or folders, or --from-list FILE")
-    return paths
+def _upscale_sources(
+    sources: list, plan: OutputPlan, reporter: Reporter, progress: Progress | None, request: _Request, o: dict
+) -> int:
+    """Name the outputs from the model choice (no network is built for that: ``--dry-run`` and a
+    rerun with nothing left to do stay light), then run the jobs locally or on Ray; returns how
+    many files were not finished."""
+    from ..choice import choose_model  # torch-free for presets and bicubic
+
+    keys = ("model", "weights", "scale", "registry", "conv_scale", "img_range")
+    choice = choose_model(**{key: o[key] for key in keys})
+    name = upscaler_name(choice.name, o["self_ensemble"] and not choice.is_bicubic)
+    reporter.summary.model, reporter.summary.scale = name, choice.scale
+    if o["size"].active:
+        reporter.summary.outscale = o["size"].outscale
+    jobs = _plan(sources, plan, name, o["size"].label(choice.scale), reporter, o["dry_run"])
+    if not jobs:
+        return 0
+    options = run_options(plan, max_pixels=o["max_pixels"], alpha=o["alpha"], quality=o["quality"], size=o["size"])
+    engine = {"device": o["device"], "precision": o["precision"], "tile": o["tile"]}
+    engine |= {"tile_overlap": o["tile_overlap"], "compile": o["compile_model"], "self_ensemble": o["self_ensemble"]}
+    download = download_progress(reporter.quiet or reporter.as_json)
+    if o["engine"] is not None:  # Ray: the actors build the model from this spec
+        from ..ray import actor_spec
+
+        spec = actor_spec(choice, offline=o["offline"], progress=download, registry=o["registry"], **engine)
+        return o["engine"].run(jobs, reporter, o["verbose"], options, spec)
+    _set_threads(o["threads"], o["verbose"])
+    from ..api import build_upscaler  # torch: only when a model runs
+
+    upscaler = build_upscaler(choice, offline=o["offline"], progress=download, **engine)
+    _attach(upscaler, reporter, progress, o["verbose"])
+    return _run(upscaler, jobs, options, reporter, progress)
+
+
+def _set_threads(threads: int | None, verbose: bool) -> None:
+    from ..threads import set_threads
+
+    count = set_threads(threads)
+    if verbose:
+        print_line(f"CPU threads: {count} ({'--threads' if threads is not None else 'available cores'})")
+
+
+def _plan(sources: list, plan: OutputPlan, name: str, label: str, reporter: Reporter, dry_run: bool) -> list[Job]:
+    """The jobs to run, after reporting the outputs that are skipped or refused (and, for a dry
+    run, the planned ones: then nothing is left to run). Temporaries that killed runs left in the
+    output folders are swept first."""
+    plan.model = name
+    jobs, planned = plan_jobs(sources, label, plan)
+    for result in planned:
+        reporter(result)
+    if dry_run:
+        for job in jobs:
+            reporter(FileResult(job.source, job.output, "planned"))
+        return []
+    sweep_folders([job.output.parent for job in jobs] + [r.output.parent for r in planned if r.output is not None])
+    if jobs and reporter.progress is not None and reporter.task is not None:
+        reporter.progress.update(reporter.task, total=len(jobs))
+    return jobs
+
+
+def _note_skipped_folders(skipped: dict[Path, int], reporter: Reporter) -> None:
+    total = sum(skipped.values())
+    reporter.summary.subfolders_skipped = total
+    if total and not reporter.quiet and not reporter.as_json:
+        where = ", ".join(str(folder) for folder in skipped)
+        print_warning(f"{where}: skipped {total} subfolder{'s' if total != 1 else ''} (add -r to upscale them too)")
 
 
 def _output_plan(
     output: Path | None, paths: list[Path], name: str, output_format: str, overwrite: bool, skip_existing: bool
 ) -> OutputPlan:
     """Where outputs go: ``-o`` is a file only for one input file and a name with an image extension."""
-    if output is not None and output.exists() and not output.is_dir() and len(paths) > 1:
-        raise ConfigError(f"-o {output}: is a file; with several inputs, -o must be a folder")
+    several = len(paths) > 1 or any(p.is_dir() for p in paths)
+    if output is not None and several:
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"-o {output}: is a file; with several inputs, -o must be a folder")
+        if not output.exists() and format_for_suffix(output.suffix) is not None:
+            raise ConfigError(
+                f"-o {output}: looks like an image file, but several inputs need a folder "
+                f"(give a folder name without an image extension)"
+            )
     output_is_file = (
-        output is not None
-        and len(paths) == 1
-        and not paths[0].is_dir()
-        and not output.is_dir()
-        and format_for_suffix(output.suffix) is not None
+        output is not None and not several and not output.is_dir() and format_for_suffix(output.suffix) is not None
     )
     return OutputPlan(
         output=output,
@@ -313,34 +589,12 @@ def _attach(upscaler: UpscalerBase, reporter: Reporter, progress: Progress | Non
     upscaler.progress = TileProgress("tiles", bar=progress) if progress is not None else None
     if verbose:
         upscaler.on_stats = lambda stats: print_line(f"{reporter.current}: {stats.describe()}")
-    reporter.summary.model = upscaler.name
-    reporter.summary.scale = upscaler.scale
 
 
 def _run(
-    upscaler: UpscalerBase,
-    sources: list,
-    plan: OutputPlan,
-    options: RunOptions,
-    reporter: Reporter,
-    progress: Progress | None,
-    dry_run: bool,
+    upscaler: UpscalerBase, jobs: list[Job], options: RunOptions, reporter: Reporter, progress: Progress | None
 ) -> int:
-    """Plan the outputs, then upscale (or list them); returns how many files were not started."""
-    plan.model = upscaler.name
-    jobs, planned = plan_jobs(sources, upscaler.scale, plan)
-    for result in planned:
-        reporter(result)
-    if dry_run:
-        for job in jobs:
-            reporter(FileResult(job.source, job.output, "planned"))
-        return 0
-    # Temporaries of runs killed outright (SIGKILL, power loss) go before anything is written.
-    sweep_folders([job.output.parent for job in jobs] + [r.output.parent for r in planned if r.output is not None])
-    if not jobs:
-        return 0
-    if progress is not None and reporter.task is not None:
-        progress.update(reporter.task, total=len(jobs))
+    """Upscale the jobs in this process; returns how many files were not finished."""
     before = reporter.reported
     with graceful_interrupt(options.stop), progress if progress is not None else nullcontext():
         try:
