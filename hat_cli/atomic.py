@@ -22,12 +22,12 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import OutputError, OutputExists
+from .errors import HatError, OutputError, OutputExists
 
 TEMP_SUFFIX = ".hat-part"
 _NAME_MAX = 255  # bytes per file name on Linux, macOS and Windows file systems
@@ -99,16 +99,30 @@ def create_temp(target: Path) -> tuple[int, Path]:
         return fd, tmp
 
 
+def temporaries(folder: Path) -> list[Path]:
+    """Our temporary and claim files in ``folder`` (live or stale)."""
+    try:
+        return [Path(e.path) for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)]
+    except OSError:
+        return []
+
+
 def sweep_stale(folder: Path) -> int:
     """Delete our temporaries in ``folder`` left by killed processes; returns how many went."""
     if fcntl is None:
         return 0
-    removed = 0
-    with suppress(OSError):
-        entries = list(os.scandir(folder))
-        for entry in entries:
-            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and _sweep_one(Path(entry.path)):
-                removed += 1
+    return sum(_sweep_one(path) for path in temporaries(folder))
+
+
+def sweep_folders(folders: Iterable[Path], wait_s: float = 0.0) -> int:
+    """:func:`sweep_stale` in every folder; with ``wait_s``, keep trying while temporaries remain
+    (processes being killed release their locks a moment later). Returns how many went."""
+    folders = sorted({Path(folder) for folder in folders})
+    deadline = time.monotonic() + wait_s
+    removed = sum(sweep_stale(folder) for folder in folders)
+    while wait_s and any(temporaries(folder) for folder in folders) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        removed += sum(sweep_stale(folder) for folder in folders)
     return removed
 
 
@@ -182,7 +196,17 @@ class TempFiles:
         self._lock = threading.Lock()
         self._paths: set[Path] = set()
         self._claims: dict[Path, Claim] = {}
+        self._swept: set[Path] = set()
         self._closed = False
+
+    def sweep_once(self, folder: Path) -> None:
+        """Remove killed runs' temporaries from ``folder`` the first time this run writes there
+        (not at every write: that would scan a large output folder once per file)."""
+        with self._lock:
+            if folder in self._swept:
+                return
+            self._swept.add(folder)
+        sweep_stale(folder)
 
     def claim(self, target: Path) -> bool:
         """:func:`try_claim` ``target`` until :meth:`unclaim` (or :meth:`discard_all`); False when
@@ -250,42 +274,64 @@ def _reason(exc: OSError) -> str:
     return "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
 
 
+def _output_error(exc: OSError, path: Path) -> HatError:
+    return OutputError(f"{path}: cannot write ({_reason(exc)})")
+
+
 def atomic_write(
     path: Path,
     write: Callable[[BinaryIO], None],
     overwrite: bool = True,
     temps: TempFiles | None = None,
+    on_error: Callable[[OSError, Path], HatError] = _output_error,
 ) -> Path:
     """Write through ``write(handle)`` to a temporary file beside ``path``, then rename it into place.
 
-    ``overwrite=False`` refuses to replace a file that appeared meanwhile (:class:`OutputError`).
-    File-system failures are :class:`OutputError` naming ``path``; errors raised by ``write``
-    propagate unchanged. Either way nothing is left behind.
+    ``overwrite=False`` refuses to replace a file that exists, even one that appeared meanwhile
+    (:class:`OutputExists`; the final step is a hard link, which cannot replace). File-system
+    failures become ``on_error(exc, path)`` (default: an :class:`OutputError` naming ``path``);
+    errors raised by ``write`` propagate unchanged. Either way nothing is left behind.
     """
     path = Path(path)
     temps = temps or TempFiles()
     try:
         make_folders(path.parent)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot create its folder ({exc.strerror or exc})") from exc
-    sweep_stale(path.parent)
+        raise on_error(exc, path.parent) from exc
+    temps.sweep_once(path.parent)
     try:
         fd, tmp = temps.create(path)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({_reason(exc)})") from exc
+        raise on_error(exc, path) from exc
     try:
         with os.fdopen(fd, "w+b") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())  # data on disk before the rename makes it visible
-            if not overwrite and path.exists():
-                raise OutputExists(f"{path}: exists (pass --overwrite to replace it)")
-            commit(tmp, path)  # while still locked: a sweeper never sees it unlocked
+            if overwrite:
+                commit(tmp, path)  # while still locked: a sweeper never sees it unlocked
+            else:
+                _commit_new(tmp, path)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({_reason(exc)})") from exc
+        raise on_error(exc, path) from exc
     finally:
         temps.release(tmp)
     return path
+
+
+def _commit_new(tmp: Path, path: Path) -> None:
+    """Put ``tmp`` at ``path`` only if nothing is there: a hard link fails on an existing name
+    (no check-then-replace race); file systems without hard links get the check and a rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExists(f"{path}: exists (pass --overwrite to replace it)") from None
+    except OSError:
+        if path.exists():
+            raise OutputExists(f"{path}: exists (pass --overwrite to replace it)") from None
+        commit(tmp, path)
+        return
+    _sync_folder(path.parent)
 
 
 def commit(tmp: Path, path: Path) -> None:
@@ -293,9 +339,14 @@ def commit(tmp: Path, path: Path) -> None:
     rename itself durable. Also the last step of resumable downloads, whose ``.part`` file is the
     temporary."""
     os.replace(tmp, path)
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: the directory entry survives a crash too
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """POSIX: make a new directory entry survive a crash too."""
+    if hasattr(os, "O_DIRECTORY"):
         with suppress(OSError):
-            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
@@ -317,9 +368,14 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def write_bytes(path: Path, data: bytes | bytearray | memoryview, overwrite: bool = True) -> Path:
+def write_bytes(
+    path: Path,
+    data: bytes | bytearray | memoryview,
+    overwrite: bool = True,
+    on_error: Callable[[OSError, Path], HatError] = _output_error,
+) -> Path:
     """:func:`atomic_write` of a byte string."""
-    return atomic_write(path, lambda handle: handle.write(data), overwrite=overwrite)
+    return atomic_write(path, lambda handle: handle.write(data), overwrite=overwrite, on_error=on_error)
 
 
 __all__ = [
@@ -332,8 +388,10 @@ __all__ = [
     "create_temp",
     "make_folders",
     "signals_deferred",
+    "sweep_folders",
     "sweep_stale",
     "temp_name",
+    "temporaries",
     "try_claim",
     "write_bytes",
 ]

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from .atomic import TempFiles, sweep_stale
+from .atomic import TempFiles
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError, HatError, OutputExists
 from .imagefiles import FolderKey, resolved, scan_folder
 from .imageio import (
@@ -33,7 +33,7 @@ from .imageio import (
     write_picture,
 )
 from .outscale import OutputSize, resize_array
-from .pixels import quantize_array, to_unit
+from .pixels import grey_to_rgb, quantize_array, to_unit
 from .upscaling import UpscalerBase
 
 Status = Literal["done", "skipped", "failed", "ignored", "planned"]
@@ -371,7 +371,7 @@ def _upscale_frame(upscaler: UpscalerBase, frame: np.ndarray, picture: Picture, 
     if picture.has_alpha:
         colour = fill_transparent(colour, values[..., -1])
     if picture.is_grey:
-        colour = np.repeat(colour, 3, axis=2)
+        colour = grey_to_rgb(colour)
     out = _upscale_floats(upscaler, colour)
     if picture.is_grey:
         out = (out * np.asarray(_LUMA, np.float32)).sum(axis=2, keepdims=True)
@@ -402,12 +402,6 @@ def upscale_picture(
 
 
 # ---------------------------------------------------------------------------------------- running
-def sweep_folders(folders: Iterable[Path]) -> int:
-    """Remove the temporary files that killed runs left in output folders (our own
-    ``.NAME.*.hat-part`` whose lock nobody holds); returns how many went."""
-    return sum(sweep_stale(folder) for folder in set(folders) if folder.is_dir())
-
-
 class SkipReason(str):
     """Why a job was skipped rather than done (``--skip-existing`` and an output that appeared)."""
 

@@ -73,7 +73,7 @@ from .errors import ConfigError, InputImageError, OutputError
 from .imagefiles import list_images, read_rgb8
 from .imageio import DEFAULT_MAX_PIXELS, image_size
 from .metrics import Channel, mod_crop, psnr, ssim
-from .pixels import to_levels
+from .pixels import grey_to_rgb, to_levels
 
 __all__ = [
     "BenchResult",
@@ -208,12 +208,6 @@ def _match(hr_files: Sequence[Path], lr_files: Sequence[Path], scale: int) -> di
 # --------------------------------------------------------------------------- images
 
 
-def _image_size(path: Path, max_pixels: int) -> tuple[int, int]:
-    """``(height, width)`` from the file header, without decoding the pixels (the limit and its
-    message are :func:`hat_cli.imageio.image_size`'s, as for ``hat upscale``)."""
-    return image_size(path, max_pixels)
-
-
 def check_pairs(
     pairs: Pairing | Sequence[ImagePair], scale: int, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[list[ImagePair], list[InputImageError]]:
@@ -223,22 +217,31 @@ def check_pairs(
     given LR that is not exactly the mod-cropped HR size / ``scale`` makes a pair fail.
     """
     check_scale(scale)
+    good, failed = _split_pairs(pairs.pairs if isinstance(pairs, Pairing) else pairs, scale, max_pixels)
+    return good, [error for _, error in failed]
+
+
+def _split_pairs(
+    pairs: Sequence[ImagePair], scale: int, max_pixels: int
+) -> tuple[list[ImagePair], list[tuple[ImagePair, InputImageError]]]:
     good: list[ImagePair] = []
-    errors: list[InputImageError] = []
-    for pair in pairs.pairs if isinstance(pairs, Pairing) else pairs:
+    failed: list[tuple[ImagePair, InputImageError]] = []
+    for pair in pairs:
         try:
-            hr_hw = _image_size(pair.hr, max_pixels)
-            if min(hr_hw) < scale:
-                raise InputImageError(
-                    f"{pair.name}: HR {pair.hr} ({hr_hw[1]}x{hr_hw[0]}) is smaller than the scale {scale}"
-                )
-            if pair.lr is not None:
-                _check_lr_size(pair, hr_hw, _image_size(pair.lr, max_pixels), scale)
+            _check_pair(pair, scale, max_pixels)
         except InputImageError as exc:
-            errors.append(exc)
+            failed.append((pair, exc))
         else:
             good.append(pair)
-    return good, errors
+    return good, failed
+
+
+def _check_pair(pair: ImagePair, scale: int, max_pixels: int) -> None:
+    hr_hw = image_size(pair.hr, max_pixels)
+    if min(hr_hw) < scale:
+        raise InputImageError(f"{pair.name}: HR {pair.hr} ({hr_hw[1]}x{hr_hw[0]}) is smaller than the scale {scale}")
+    if pair.lr is not None:
+        _check_lr_size(pair, hr_hw, image_size(pair.lr, max_pixels), scale)
 
 
 def load_pair(pair: ImagePair, scale: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
@@ -459,10 +462,10 @@ def run_bench(
     pairs = _resolve_pairs(pairs_or_dirs, scale)
     if not pairs:
         raise ConfigError("no image pairs to benchmark")
-    pairs, errors = check_pairs(pairs, scale, max_pixels)
-    if errors and not keep_going:
-        raise errors[0]
-    failures = [PairFailure(str(e).split(":", 1)[0], str(e)) for e in errors]
+    pairs, failed = _split_pairs(pairs, scale, max_pixels)
+    if failed and not keep_going:
+        raise failed[0][1]
+    failures = [PairFailure(pair.name, str(error)) for pair, error in failed]
     scorer = _Scorer(scale, models, border, channel, save_sr_dir, progress)
     for pair in pairs:
         try:
@@ -511,7 +514,7 @@ class _Scorer:
     def score(self, pair: ImagePair, hr: np.ndarray, lr: np.ndarray) -> None:
         """Every model on one pair. All models are scored before any score is kept, so a pair that
         fails part-way (too small to score) leaves the columns aligned."""
-        lr_rgb = np.ascontiguousarray(lr if lr.ndim == 3 else np.repeat(lr[:, :, None], 3, axis=2))
+        lr_rgb = np.ascontiguousarray(grey_to_rgb(lr))
         hw = (hr.shape[0], hr.shape[1])
         scored = [(name, self._one(name, pair, hr, lr_rgb, hw)) for name in self.models]
         self.megapixels += hw[0] * hw[1] / 1e6

@@ -23,7 +23,7 @@ from PIL import Image, ImageCms, ImageSequence, UnidentifiedImageError
 
 from .atomic import TempFiles, atomic_write
 from .errors import HatError, InputImageError, OutputError
-from .pixels import to_levels
+from .pixels import grey_to_rgb, to_8bit, to_levels
 
 DEFAULT_MAX_PIXELS = 100_000_000  # refuse decompression bombs beyond this many input pixels (all frames)
 # Each frame of an animation counts as at least this many pixels: a frame is one more forward pass
@@ -272,8 +272,8 @@ def _with_channels(array: np.ndarray, channels: int) -> np.ndarray:
     if have == channels:
         return array
     colour, alpha = (array[..., :-1], array[..., -1:]) if have in (2, 4) else (array, None)
-    if channels >= 3 and colour.shape[2] == 1:
-        colour = np.repeat(colour, 3, axis=2)
+    if channels >= 3:
+        colour = grey_to_rgb(colour)
     if channels in (2, 4) and alpha is None:
         alpha = np.full((*array.shape[:2], 1), np.iinfo(array.dtype).max, array.dtype)
     return np.concatenate([colour, alpha], axis=2) if channels in (2, 4) else colour
@@ -513,15 +513,9 @@ def _icc_for(picture: Picture, mode: str) -> bytes | None:
     return icc if icc[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ") else None
 
 
-def _to_8bit(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    return to_levels(array / 257.0, np.uint8)  # 65535 / 255 = 257
-
-
 def _pillow_frame(array: np.ndarray, fmt: str) -> Image.Image:
     """An 8-bit Pillow image of ``array`` in a mode ``fmt`` can hold."""
-    array = _to_8bit(array)
+    array = to_8bit(array)
     channels = array.shape[2]
     if channels in (2, 4) and fmt not in _ALPHA_FORMATS:
         # No alpha in this format (JPEG): composite over white, as viewers show transparency.

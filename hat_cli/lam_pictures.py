@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .atomic import atomic_write
 from .errors import ImageTooSmall
 from .lam import LamResult, Window
-from .pixels import quantize_array, to_levels
+from .pixels import grey_to_rgb, quantize_array, to_8bit
 
 # matplotlib's "seismic": dark blue, blue, white, red, dark red at 0, 1/4, 1/2, 3/4, 1
 SEISMIC = ((0.0, 0.0, 0.3), (0.0, 0.0, 1.0), (1.0, 1.0, 1.0), (1.0, 0.0, 0.0), (0.5, 0.0, 0.0))
@@ -144,15 +144,8 @@ def kde_picture(attribution_map: np.ndarray, zoom: int) -> Image.Image:
 def to_picture(image: np.ndarray) -> Image.Image:
     """(C, h, w) float in 0..1 (clipped, rounded) or H x W x C uint8/uint16 -> RGB PIL image."""
     array = np.asarray(image)
-    if array.dtype.kind == "f":
-        array = rearrange(quantize_array(array), "c h w -> h w c")
-    elif array.dtype == np.uint16:
-        array = to_levels(array / 257.0)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return Image.fromarray(np.ascontiguousarray(array[:, :, :3]))
+    array = rearrange(quantize_array(array), "c h w -> h w c") if array.dtype.kind == "f" else to_8bit(array)
+    return Image.fromarray(np.ascontiguousarray(grey_to_rgb(array)[:, :, :3]))
 
 
 def blend(picture: Image.Image, background: Image.Image, alpha: float = BLEND_ALPHA) -> Image.Image:

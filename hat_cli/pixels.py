@@ -56,6 +56,20 @@ def quantize_array(values: np.ndarray, dtype: PixelType = np.uint8) -> np.ndarra
     return to_levels(np.asarray(values, dtype=np.float64) * peak(dtype), dtype)
 
 
+def to_8bit(array: np.ndarray) -> np.ndarray:
+    """uint8 or uint16 pixels as uint8 (16-bit values rounded by the one rule; 65535 / 255 = 257)."""
+    if check_pixel_type(array.dtype) == np.uint8:
+        return array
+    return to_levels(np.asarray(array) / 257.0, np.uint8)
+
+
+def grey_to_rgb(array: np.ndarray) -> np.ndarray:
+    """H x W or H x W x 1 (grey) -> H x W x 3 with three equal channels; anything else unchanged."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+
+
 def to_unit(array: np.ndarray) -> np.ndarray:
     """Integer pixels -> float32 values in 0..1 (same shape)."""
     dtype = check_pixel_type(array.dtype)
@@ -93,10 +107,12 @@ def quantize(block: Tensor, dtype: PixelType = np.uint8) -> np.ndarray:
 
 __all__ = [
     "check_pixel_type",
+    "grey_to_rgb",
     "peak",
     "quantize",
     "quantize_array",
     "round_half_up",
+    "to_8bit",
     "to_levels",
     "to_tensor",
     "to_unit",

@@ -46,11 +46,11 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import TEMP_SUFFIX, sweep_stale
+from .atomic import sweep_folders
 from .batch import (
     DEFAULT_NAME,
     FileResult,
@@ -396,26 +396,6 @@ def _pipeline(ray: Any, rows: list[dict[str, Any]], spec: Mapping[str, Any], siz
             num_gpus=gpus or None,
             **_fault_tolerance(ds.map_batches),
         )
-
-
-def _temporaries(folders: Iterable[Path]) -> list[Path]:
-    found = []
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            found += [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)]
-    return found
-
-
-def sweep_folders(folders: Iterable[Path], wait_s: float = 0.0) -> int:
-    """Remove the temporaries of killed writers in ``folders``; with ``wait_s``, keep trying while
-    temporaries remain (writers being killed release their locks a moment later). How many went."""
-    folders = sorted(set(folders))
-    deadline = time.monotonic() + wait_s
-    removed = sum(sweep_stale(folder) for folder in folders)
-    while _temporaries(folders) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        removed += sum(sweep_stale(folder) for folder in folders)
-    return removed
 
 
 def _result(job: Job, sent: Job, row: Mapping[str, Any]) -> FileResult:

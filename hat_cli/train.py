@@ -41,7 +41,7 @@ from .imagefiles import list_images as images_in
 from .imagefiles import read_rgb8
 from .metrics import mod_crop
 from .model import HAT, HATConfig
-from .pixels import quantize, to_tensor
+from .pixels import grey_to_rgb, quantize, to_tensor
 from .registry import builtin_registry_text, load_registry
 from .store import require_checkpoint
 
@@ -136,7 +136,7 @@ def list_images(dirs: Sequence[str | os.PathLike[str]]) -> list[Path]:
 def read_rgb(path: Path) -> np.ndarray:
     """HxWx3 uint8 (grayscale repeated to three channels, as hat bench feeds models)."""
     img = read_rgb8(path)
-    return np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
+    return grey_to_rgb(img)
 
 
 class PatchSampler:

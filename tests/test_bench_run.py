@@ -329,3 +329,15 @@ def test_run_bench_grayscale(tmp_path: Path) -> None:
     (score,) = result.models[0].images
     assert score.psnr == psnr(sr, gray, 4)  # the gray value itself, no luma formula
     assert score.ssim == ssim(sr, gray, 4)
+
+
+def test_keep_going_names_each_failed_pair_by_its_name(hr_dir: Path, tmp_path: Path) -> None:
+    """A pair that fails on its header (an unreadable LR) is named like one that fails later."""
+    lr_dir = tmp_path / "LR"
+    _save(_smooth(6, 7, 0), lr_dir / "im0_x4.png")
+    (lr_dir / "im1_x4.png").write_bytes(b"not an image")
+    _save(_smooth(8, 5, 2), lr_dir / "im2_x4.png")  # HR 33x20 -> 8x5
+    result = run_bench((hr_dir, lr_dir), 4, {"b": bicubic_model(4)}, keep_going=True)
+    assert [f.name for f in result.failures] == ["im1"]
+    assert str(lr_dir / "im1_x4.png") in result.failures[0].error
+    assert [image.name for image in result.models[0].images] == ["im0", "im2"]

@@ -202,3 +202,32 @@ def test_an_unknown_file_is_one_clear_error(tmp_path: Path) -> None:
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(CheckpointError, match=r"not a HAT, HAN or RCAN checkpoint"):
         load_model(path)
+
+
+def test_no_clobber_write_never_replaces_a_file_that_appears_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hat_cli.errors import OutputExists
+
+    target = tmp_path / "out.png"
+
+    def racing(handle) -> None:
+        handle.write(b"ours")
+        target.write_bytes(b"theirs")  # another process finishes the same output first...
+
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # ...just after any existence check
+    with pytest.raises(OutputExists):
+        atomic_write(target, racing, overwrite=False)
+    monkeypatch.undo()
+    assert target.read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_a_run_sweeps_each_output_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hat_cli import atomic
+
+    swept: list[Path] = []
+    monkeypatch.setattr(atomic, "sweep_stale", lambda folder: swept.append(folder) or 0)
+    temps = atomic.TempFiles()
+    for index in range(3):
+        atomic_write(tmp_path / f"{index}.bin", lambda handle: handle.write(b"x"), temps=temps)
+    assert swept == [tmp_path]

@@ -29,6 +29,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import Progress
 
+from ..atomic import sweep_folders
 from ..batch import (
     DEFAULT_NAME,
     FileResult,
@@ -41,7 +42,6 @@ from ..batch import (
     read_list,
     run_batch,
     run_options,
-    sweep_folders,
 )
 from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, HatError, Terminated, exit_code_table
 from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix, suffix_for_bytes
@@ -544,7 +544,8 @@ def _plan(sources: list, plan: OutputPlan, name: str, label: str, reporter: Repo
         for job in jobs:
             reporter(FileResult(job.source, job.output, "planned"))
         return []
-    sweep_folders([job.output.parent for job in jobs] + [r.output.parent for r in planned if r.output is not None])
+    folders = [job.output.parent for job in jobs] + [r.output.parent for r in planned if r.output is not None]
+    sweep_folders(folder for folder in folders if folder.is_dir())
     if jobs and reporter.progress is not None and reporter.task is not None:
         reporter.progress.update(reporter.task, total=len(jobs))
     return jobs

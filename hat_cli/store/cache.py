@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from ..atomic import atomic_write, write_bytes
-from ..errors import CheckpointError, ConfigError, OutputError
+from ..errors import CheckpointError, ConfigError
 from ..registry import Preset, Registry
 from .hashing import sha256_file
 from .lock import file_lock
@@ -62,11 +62,7 @@ def _copy_verified(source: Path, target: Path, sha256: str) -> None:
         if hasher.hexdigest() != sha256:
             raise CheckpointError(f"{source} changed while it was imported: run the import again")
 
-    try:
-        atomic_write(target, copy)
-    except OutputError as exc:
-        cause = exc.__cause__
-        raise write_error(cause, target) if isinstance(cause, OSError) else exc from cause
+    atomic_write(target, copy, on_error=write_error)
 
 
 def _sha256_of(source: Path) -> tuple[str, int]:
@@ -97,10 +93,11 @@ def _import_unpinned(source: Path, preset: Preset, digest: str) -> Path:
     target = cached_path(preset, digest)
     _copy_verified(source, target, digest)
     try:
-        write_bytes(pin_path(preset), (digest + "\n").encode("ascii"))
-    except OutputError as exc:
-        cause = exc.__cause__
-        raise write_error(cause, target) if isinstance(cause, OSError) else exc from cause
+        write_bytes(pin_path(preset), (digest + "\n").encode("ascii"), on_error=write_error)
+    except BaseException:
+        if previous != target:  # a file without its recorded sha256 would never be found
+            target.unlink(missing_ok=True)
+        raise
     if previous is not None and previous != target:
         previous.unlink(missing_ok=True)
     return target
