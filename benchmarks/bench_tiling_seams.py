@@ -206,7 +206,7 @@ def main() -> None:
     cached = CachedModel(model.eval())
     engine = TileEngine(cached, torch.device("cpu"), torch.float32)
     data = images(args.crop, args.bsd)
-    print(f"model {name} (x{model.scale}, window {model.window_size}); {len(data)} images, crop {args.crop}")
+    print(f"model {name} (x{model.scale}, window {model.size_multiple}); {len(data)} images, crop {args.crop}")
 
     methods = [("blend (ours)", "feather", None)] + [(f"blend, margin {m}", "feather", m) for m in args.margins]
     methods.append(("hard crop", "crop", None))
@@ -217,14 +217,14 @@ def main() -> None:
         for stem, array in data:
             untiled[stem] = assemble(engine, array, 0, 0, "feather")
         for tile in args.tiles:
-            overlap = make_plan(4096, 4096, model.scale, model.window_size, tile, args.overlap).overlap
+            overlap = make_plan(4096, 4096, model.scale, model.size_multiple, tile, args.overlap).overlap
             for label, blend, margin in methods:
                 psnrs, seams = [], []
                 for stem, array in data:
                     out = assemble(engine, array, tile, overlap, blend, margin)
                     psnrs.append(psnr(out, untiled[stem]))
                     seams.append(seam_score(out, untiled[stem]))
-                rows.append((round_tile(tile, model.window_size), overlap, label, psnrs, seams))
+                rows.append((round_tile(tile, model.size_multiple), overlap, label, psnrs, seams))
             cached.cache.clear()  # the next tile size shares no tiles with this one
     print(f"({time.time() - started:.0f} s, {cached.calls} forwards)\n")
     print("| tile | overlap | method | PSNR vs untiled, dB (mean / min) | seam % (mean / max) |")

@@ -794,7 +794,7 @@ class FailsAbove(nn.Module):
     def __init__(self, inner: HAT, limit: int) -> None:
         super().__init__()
         self.inner, self.limit = inner, limit
-        self.scale, self.size_multiple, self.input_range, self.in_channels = inner.scale, inner.window_size, 1.0, 3
+        self.scale, self.size_multiple, self.input_range, self.in_channels = inner.scale, inner.size_multiple, 1.0, 3
 
     def bytes_per_input_pixel(self, dtype: torch.dtype | None = None) -> float:
         return self.inner.bytes_per_input_pixel(dtype)

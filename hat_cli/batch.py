@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .atomic import TempFiles
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError, HatError, OutputExists
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError, HatError, OutputExists, first_line
 from .imagefiles import FolderKey, resolved, scan_folder
 from .imageio import (
     DEFAULT_MAX_PIXELS,
@@ -485,7 +485,7 @@ def upscale_job(
     except HatError as exc:
         return None, f"{job.source}: {exc}"
     except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of device memory
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         return None, f"{job.source}: upscaling failed ({reason})"
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write, write_bytes
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .model.contract import Family, ModelConfig
 from .model.families import family_titles, find_family
 
@@ -119,7 +119,7 @@ def _read_pickle(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # torch raises many types: UnpicklingError, RuntimeError, EOFError...
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(
                 f"{path}: refused: the file holds pickled objects other than tensors "
@@ -221,9 +221,8 @@ def build_model(
             # On meta, assign: the file's tensors take the parameters' places without a copy.
             model.load_state_dict(state, strict=True, assign=device == "meta")
         except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
             raise CheckpointError(
-                f"{path}: tensors do not match a {family.title} of the detected shape: {first}"
+                f"{path}: tensors do not match a {family.title} of the detected shape: {first_line(exc)}"
             ) from exc
     return model.eval()
 

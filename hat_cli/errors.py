@@ -30,6 +30,12 @@ def exit_code_table() -> str:
     return "\n".join(f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class HatError(Exception):
     """Base class for every error a user can cause or fix.
 

@@ -65,13 +65,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from PIL import Image
 
-from .atomic import atomic_write, write_bytes
+from .atomic import write_bytes
 from .baseline import Model, check_scale, make_lr
 from .errors import ConfigError, InputImageError, OutputError
 from .imagefiles import list_images, read_rgb8
-from .imageio import DEFAULT_MAX_PIXELS, image_size
+from .imageio import DEFAULT_MAX_PIXELS, image_size, save_png
 from .metrics import Channel, mod_crop, psnr, ssim
 from .pixels import grey_to_rgb, to_levels
 
@@ -390,9 +389,8 @@ def _safe_dirname(name: str) -> str:
 
 
 def _save_png(img: np.ndarray, path: Path) -> None:
-    """Atomically (an interrupted run leaves no truncated PNG under a final name)."""
     try:
-        atomic_write(path, lambda handle: Image.fromarray(img).save(handle, format="PNG"))
+        save_png(img, path)
     except OutputError as exc:
         raise OutputError(f"{path}: cannot save SR image ({exc})") from exc
 

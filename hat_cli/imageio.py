@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageSequence, UnidentifiedImageError
 
 from .atomic import TempFiles, atomic_write
-from .errors import HatError, InputImageError, OutputError
+from .errors import HatError, InputImageError, OutputError, first_line
 from .pixels import grey_to_rgb, to_8bit, to_levels
 
 DEFAULT_MAX_PIXELS = 100_000_000  # refuse decompression bombs beyond this many input pixels (all frames)
@@ -133,7 +133,11 @@ def too_large(path: Path, width: int, height: int, max_pixels: int, frames: int 
     """The one message for an image over the pixel limit (every command), or None when it fits."""
     if counted_pixels(width, height, frames) <= max_pixels:
         return None
-    what = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
+    return over_limit(path, f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else ""), max_pixels)
+
+
+def over_limit(path: Path, what: str, max_pixels: int) -> InputImageError:
+    """``{path}: {what} exceeds the N-pixel limit``: the message of :func:`too_large`."""
     return InputImageError(f"{path}: {what} exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)")
 
 
@@ -149,13 +153,13 @@ def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, i
         with Image.open(path) as image:
             width, height, frames = image.width, image.height, _frame_count(image)
     except Image.DecompressionBombError:
-        raise InputImageError(f"{path}: image exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)") from None
+        raise over_limit(path, "image", max_pixels) from None
     except UnidentifiedImageError:
         if not _is_tiff(path):
             raise InputImageError(f"{path}: not a recognised image (unknown format or corrupt header)") from None
         width, height, frames = _tiff_size(path)  # a TIFF only tifffile reads (as read_picture does)
     except Exception as exc:  # OSError, SyntaxError, struct.error... on a damaged header
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise InputImageError(f"{path}: cannot read image ({reason})") from exc
     if (error := too_large(path, width, height, max_pixels, frames)) is not None:
         raise error
@@ -181,7 +185,7 @@ def read_picture(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     except HatError:
         raise
     except Image.DecompressionBombError:  # Pillow's own guard (twice our limit) fired while opening
-        raise InputImageError(f"{path}: image exceeds the {max_pixels:,}-pixel limit (raise --max-pixels)") from None
+        raise over_limit(path, "image", max_pixels) from None
     except UnidentifiedImageError:
         if _is_tiff(path):  # Pillow has no mode for some 16-bit TIFFs (grey + alpha): tifffile does
             return _read_tiff_fallback(path, max_pixels)
@@ -191,7 +195,7 @@ def read_picture(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     except MemoryError:
         raise InputImageError(f"{path}: not enough memory to decode it") from None
     except Exception as exc:  # decoders raise anything on bad data (OSError, SyntaxError, zlib.error, struct.error...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise InputImageError(f"{path}: corrupt or truncated image ({reason})") from exc
 
 
@@ -372,7 +376,7 @@ def _tiff_size(path: Path) -> tuple[int, int, int]:
             page = tif.pages[0]
             return int(page.imagewidth), int(page.imagelength), 1
     except Exception as exc:  # tifffile's errors on a damaged file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise InputImageError(f"{path}: corrupt or truncated image ({reason})") from exc
 
 
@@ -382,7 +386,7 @@ def _read_tiff_fallback(path: Path, max_pixels: int) -> Picture:
     except HatError:
         raise
     except Exception as exc:  # tifffile's errors on a damaged file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise InputImageError(f"{path}: corrupt or truncated image ({reason})") from exc
 
 
@@ -457,6 +461,13 @@ def check_writable(picture: Picture, path: Path, size: tuple[int, int] | None = 
             "(use --format png or tiff)"
         )
     return fmt
+
+
+def save_png(image: Image.Image | np.ndarray, path: Path, optimize: bool = False) -> Path:
+    """A PIL image or an H x W [x C] uint8 array as a PNG, atomically (an interrupted run leaves no
+    truncated file under the final name)."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    return atomic_write(path, lambda handle: picture.save(handle, format="PNG", optimize=optimize))
 
 
 def write_picture(

@@ -16,7 +16,6 @@ PIL and numpy only: the colour map is built from its definition and the KDE is a
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -26,6 +25,7 @@ import numpy as np
 from einops import rearrange
 from PIL import Image, ImageDraw, ImageFont
 
+from . import imageio
 from .atomic import atomic_write
 from .errors import ImageTooSmall
 from .lam import LamResult, Window
@@ -260,12 +260,8 @@ def _caption(draw: ImageDraw.ImageDraw, font, left: int, top: int, width: int, l
 
 
 def save_png(picture: Image.Image, path: Path) -> None:
-    """Write ``picture`` as PNG atomically (temporary file, then rename)."""
-
-    def encode(handle: io.BufferedIOBase) -> None:
-        picture.save(handle, format="PNG", optimize=True)
-
-    atomic_write(path, encode)
+    """Write ``picture`` as an optimised PNG, atomically."""
+    imageio.save_png(picture, path, optimize=True)
 
 
 def save_pictures(pictures: LamPictures, folder: Path) -> list[Path]:

@@ -65,7 +65,7 @@ from .batch import (
     run_options,
 )
 from .choice import ModelChoice, choose_model, fetch_checkpoint
-from .errors import ClusterError, ConfigError
+from .errors import ClusterError, ConfigError, first_line
 from .imageio import DEFAULT_MAX_PIXELS
 from .upscaling import UpscalerBase, upscaler_name
 
@@ -267,11 +267,6 @@ def _absolute(path: Path) -> Path:
     return path if path.is_absolute() else Path.cwd() / path
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def _ray_session(ray: Any, address: str | None) -> Iterator[bool]:
     """Connected to Ray inside: an existing connection of this process is used as it is (yields
@@ -298,7 +293,7 @@ def _ray_session(ray: Any, address: str | None) -> Iterator[bool]:
         if not isinstance(exc, Exception):
             raise
         where = "start a local Ray instance" if target == "local" else f"connect to the Ray cluster at {target}"
-        raise ClusterError(f"cannot {where}: {_first_line(exc)}") from None
+        raise ClusterError(f"cannot {where}: {first_line(exc)}") from None
     finally:
         if quiet:
             del os.environ[BACKEND_LOG_ENV]
@@ -562,7 +557,7 @@ def _cluster_failure(exc: BaseException) -> str:
             if (match := _EXCEPTION_LINE.match(line)) is not None:
                 name, message = match.groups()
                 return f"{what}: {message if name.startswith('hat_cli.') else f'{name}: {message}'}"
-    return f"{what}: {_first_line(exc)}"
+    return f"{what}: {first_line(exc)}"
 
 
 # ---------------------------------------------------------------------------------------- folders

@@ -254,7 +254,7 @@ def make_plan(
 
 def reflect_indices(length: int, window: int) -> np.ndarray:
     """Source index of every position of an axis reflect-padded to a window multiple, with the
-    network's own padding rules (:func:`~hat_cli.model.arch.reflect_pad_to_multiple`)."""
+    network's own padding rules (:func:`~hat_cli.model.padding.reflect_pad_to_multiple`)."""
     index = torch.arange(length, dtype=torch.float64).view(1, 1, length, 1)
     return reflect_pad_to_multiple(index, window)[0, 0, :, 0].long().numpy()
 
@@ -627,9 +627,17 @@ class _Band:
         self.rows, self.cols = plan.row_weights, plan.col_weights
         self.height = max(w.hi - w.lo for w in self.rows)
         self.out_h, self.out_w = plan.height * plan.scale, plan.width * plan.scale
-        self.col_tensors = [torch.from_numpy(w.weight).to(self.device) for w in self.cols]
+        self._weights: dict[tuple[bool, int, torch.device], Tensor] = {}  # made once per tile row/column
         self.buffer: Tensor | None = None  # output rows [lo, lo + height)
         self.lo = 0
+
+    def _weight(self, is_row: bool, index: int, device: torch.device) -> Tensor:
+        """Tile row ``index``'s weights as a column vector, or tile column ``index``'s as a row."""
+        key = (is_row, index, device)
+        if key not in self._weights:
+            weight = torch.from_numpy((self.rows if is_row else self.cols)[index].weight)
+            self._weights[key] = (weight[:, None] if is_row else weight).to(device)
+        return self._weights[key]
 
     def add(self, out: Tensor, i: int, j: int, y: int, x: int) -> None:
         """Blend tile (i, j) at input position (y, x) into the band; ``out`` is (C, th*s, tw*s)."""
@@ -637,8 +645,7 @@ class _Band:
         if self.buffer is None:
             self.buffer = torch.zeros(out.shape[0], self.height, self.plan.padded_width * s, device=self.device)
         piece = out[:, row.lo - y * s : row.hi - y * s, col.lo - x * s : col.hi - x * s]
-        row_weight = torch.from_numpy(row.weight)[:, None].to(piece.device)
-        piece = piece * row_weight * self.col_tensors[j].to(piece.device)
+        piece = piece * self._weight(True, i, piece.device) * self._weight(False, j, piece.device)
         self.buffer[:, row.lo - self.lo : row.hi - self.lo, col.lo : col.hi] += piece.to(self.device, torch.float32)
 
     def finish_row(self, i: int) -> None:

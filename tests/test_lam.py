@@ -137,7 +137,7 @@ class _Wrapped:
 
     def __init__(self, net: HAT, max_batch: int = 1000) -> None:
         self.net, self.max_batch = net, max_batch
-        self.scale, self.size_multiple, self.in_channels, self.input_range = net.scale, net.window_size, 3, 255.0
+        self.scale, self.size_multiple, self.in_channels, self.input_range = net.scale, net.size_multiple, 3, 255.0
 
     def bytes_per_input_pixel(self, dtype: torch.dtype | None = None) -> float:
         return self.net.bytes_per_input_pixel(dtype)

@@ -231,3 +231,48 @@ def test_a_run_sweeps_each_output_folder_once(tmp_path: Path, monkeypatch: pytes
     for index in range(3):
         atomic_write(tmp_path / f"{index}.bin", lambda handle: handle.write(b"x"), temps=temps)
     assert swept == [tmp_path]
+
+
+def test_modules_import_each_other_without_cycles() -> None:
+    """The layers of docs/architecture.md: counting lazy imports too, no module needs itself back."""
+    names = {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p for p in MODULES
+    }
+
+    def owner(name: str) -> str | None:
+        while name and name not in names:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found = set()
+        for module, level in imports(path):
+            target = absolute(path, module, level)
+            for candidate in (target, *(f"{target}.{a}" for a in _imported_names(path, module, level))):
+                dep = owner(candidate)
+                if dep is not None and dep != name and not name.startswith(dep + "."):
+                    found.add(dep)
+        graph[name] = found
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            assert state.get(dep) != 1, " -> ".join([*trail, node, dep])
+            if dep not in state:
+                visit(dep, [*trail, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def _imported_names(path: Path, module: str, level: int) -> list[str]:
+    """The names a ``from X import a, b`` takes (submodules among them count as imports)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "") == module and node.level == level:
+            found += [alias.name for alias in node.names]
+    return found

@@ -347,10 +347,6 @@ class HAT(nn.Module):
     def scale(self) -> int:
         return self.config.upscale
 
-    @property
-    def window_size(self) -> int:
-        return self.config.window_size
-
     # ----------------------------------------------------------------- the Network contract
     @property
     def size_multiple(self) -> int:
