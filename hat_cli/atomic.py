@@ -35,8 +35,9 @@ _TOKEN_HEX = 8
 
 try:
     import fcntl
-except ImportError:  # Windows: no advisory locks; stale temporaries are then left for the user
+except ImportError:  # Windows: no flock; stale temporaries are then left for the user
     fcntl = None  # type: ignore[assignment]
+    import msvcrt
 
 
 def _hidden_name(target: Path, token: str) -> Path:
@@ -62,17 +63,6 @@ def temp_name(target: Path) -> Path:
 def claim_name(target: Path) -> Path:
     """``.<name>.claim.hat-part``: the one claim file of ``target`` (see :func:`try_claim`)."""
     return _hidden_name(target, "claim")
-
-
-def _lock_held_elsewhere(fd: int) -> bool:
-    """True when another open file description holds the lock of ``fd``'s file."""
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    return False
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -132,7 +122,7 @@ def _sweep_one(path: Path) -> bool:
     except OSError:
         return False
     try:
-        if _lock_held_elsewhere(fd) or not _same_file(fd, path):
+        if fcntl is None or not _lock(fd, wait=False) or not _same_file(fd, path):
             return False
         path.unlink()
         return True
@@ -160,6 +150,42 @@ class Claim:
 _CLAIM_TRIES = 4  # a sweeper holds a stale claim's lock for an instant: look again before giving up
 
 
+def _lock(fd: int, wait: bool) -> bool:
+    """Take ``fd``'s exclusive lock (waiting, or not); False when another process holds it."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+    while True:  # pragma: no cover - Windows
+        try:
+            msvcrt.locking(fd, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            if not wait:
+                return False
+
+
+def open_locked(path: Path, wait: bool = True) -> int | None:
+    """Open (creating, mode 0o666 less the umask) and exclusively lock ``path``: the descriptor, or
+    None when ``wait`` is False and another process holds the lock. A holder deletes the file when
+    it releases it, so the name is checked to still be the file locked (else a fresh one is taken).
+    ``OSError`` (cannot create the file) propagates."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            if not _lock(fd, wait):
+                os.close(fd)
+                return None
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
 def try_claim(target: Path) -> Claim | None:
     """Claim the right to write ``target`` among cooperating processes, or None when another live
     process holds the claim (it is computing that output now).
@@ -169,22 +195,14 @@ def try_claim(target: Path) -> Claim | None:
     claim succeeds.
     """
     path = claim_name(target)
-    for attempt in range(_CLAIM_TRIES):
+    for attempt in range(_CLAIM_TRIES):  # a sweeper testing the lock holds it for an instant
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+            fd = open_locked(path, wait=False)
         except OSError:
             return Claim(-1, path)  # cannot even create it (read-only folder): the write will say why
-        if fcntl is None:
+        if fd is not None:
             return Claim(fd, path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            time.sleep(0.02 * (attempt + 1))
-            continue
-        if _same_file(fd, path):
-            return Claim(fd, path)
-        os.close(fd)  # released and removed by its owner (or swept) meanwhile: take a fresh one
+        time.sleep(0.02 * (attempt + 1))
     return None
 
 
@@ -387,6 +405,7 @@ __all__ = [
     "commit",
     "create_temp",
     "make_folders",
+    "open_locked",
     "signals_deferred",
     "sweep_folders",
     "sweep_stale",

@@ -41,7 +41,7 @@ from .errors import ConfigError, DeviceOutOfMemory, ImageTooSmall, InputImageErr
 from .model.contract import ALLOCATOR_SLACK, Network
 from .model.padding import run_padded
 from .pixels import to_tensor
-from .tiling import BUDGET_SHARE, autocast, free_device_memory, is_out_of_memory
+from .tiling import BUDGET_SHARE, autocast, free_device_memory, is_out_of_memory, release_cached_memory
 
 DEFAULT_SIGMA = 1.2
 DEFAULT_STEPS = 50
@@ -49,7 +49,7 @@ DEFAULT_KERNEL = 9
 DEFAULT_WINDOW = 16
 KERNEL_EPSILON = 1e-5  # added to every sigma (the official isotropic_gaussian_kernel)
 GINI_EPSILON = 1e-7  # added to every value before the Gini coefficient (the official gini)
-MAX_AUTO_BATCH = 64  # steps per forward/backward at most (the default path has 50)
+MAX_STEP_BATCH = 64  # steps per forward/backward at most (the default path has 50)
 
 Progress = Callable[[int, int], None]  # (steps done, steps total)
 
@@ -287,12 +287,12 @@ def step_bytes(net: Network, height: int, width: int, saved: int, dtype: torch.d
     return saved * ALLOCATOR_SLACK + float(net.bytes_per_input_pixel(dtype)) * padded
 
 
-def choose_batch(per_step: float, steps: int, device: torch.device, budget: int | None = None) -> int:
+def choose_step_batch(per_step: float, steps: int, device: torch.device, budget: int | None = None) -> int:
     """Path steps per forward/backward: as many as fit in ``budget`` bytes (default: a share of the
-    free memory of ``device``, as tiling uses), at most ``steps`` and :data:`MAX_AUTO_BATCH`."""
+    free memory of ``device``, as tiling uses), at most ``steps`` and :data:`MAX_STEP_BATCH`."""
     if budget is None:
         budget = int(free_device_memory(device) * BUDGET_SHARE.get(device.type, 0.5))
-    return int(max(1, min(steps, MAX_AUTO_BATCH, budget // max(per_step, 1.0))))
+    return int(max(1, min(steps, MAX_STEP_BATCH, budget // max(per_step, 1.0))))
 
 
 def _path_chunk(
@@ -362,7 +362,7 @@ class _PathRun:
         if saved is not None:
             height, width = self.lr.shape[-2:]
             per_step = step_bytes(self.net, height, width, saved.nbytes, self.dtype)
-            self.batch = choose_batch(per_step, steps - stop, self.lr.device, self.budget)
+            self.batch = choose_step_batch(per_step, steps - stop, self.lr.device, self.budget)
         self.done = stop
         return chunk
 
@@ -374,8 +374,7 @@ class _PathRun:
                 "(use a smaller image or crop, or another --device)"
             ) from None
         self.batch, self.retries = max(1, self.batch // 2), self.retries + 1
-        if self.lr.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_cached_memory(self.lr.device)
 
 
 def _network_device(net: Network) -> torch.device:
@@ -407,7 +406,7 @@ def attribute(
 
     ``batch`` path steps per forward/backward (default: the first step alone, measuring what a step
     keeps for its backward, then as many as fit in ``memory_budget`` bytes or a share of free
-    memory, see :func:`choose_batch`; halved on out-of-memory);
+    memory, see :func:`choose_step_batch`; halved on out-of-memory);
     ``device`` defaults to the network's; ``dtype`` float32, or bfloat16/float16 autocast.
     ``progress(done, total)`` is called after every batch of steps.
     """
@@ -458,7 +457,7 @@ __all__ = [
     "check_image",
     "check_parameters",
     "check_window",
-    "choose_batch",
+    "choose_step_batch",
     "correlate",
     "diffusion_index",
     "gaussian_kernel",

@@ -468,7 +468,8 @@ def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _release_cached_memory(device: torch.device) -> None:
+def release_cached_memory(device: torch.device) -> None:
+    """Give the allocator's cached blocks back (after an out-of-memory error, before a retry)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps":
@@ -559,7 +560,7 @@ class TileEngine:
         # Retried outside the except block, so the failed attempt's tensors (kept alive by the
         # traceback) are already freed.
         report.oom_retries += 1
-        _release_cached_memory(self.device)
+        release_cached_memory(self.device)
         self._shrink(count, max(height, width))
         return self.infer(tiles, plan, report)
 
@@ -712,6 +713,7 @@ __all__ = [
     "make_plan",
     "padded_reader",
     "reflect_indices",
+    "release_cached_memory",
     "round_overlap",
     "round_tile",
 ]

@@ -556,7 +556,8 @@ def train(options: TrainOptions, progress: Callable[[TrainProgress], None] | Non
     session = _Session(run, sampler, device, progress)
     try:
         session.loop()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         session.checkpoint()
+        exc.checkpoint_saved = True  # type: ignore[attr-defined]  (what the CLI may then say)
         raise
     return TrainResult(session.out, session.state_path, run.iteration, run.val_psnr, run.wall_s, run.history)

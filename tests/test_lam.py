@@ -21,7 +21,7 @@ from hat_cli.errors import EXIT_USAGE, ConfigError, ImageTooSmall
 from hat_cli.lam import (
     Window,
     attribute,
-    choose_batch,
+    choose_step_batch,
     correlate,
     diffusion_index,
     gaussian_kernel,
@@ -196,10 +196,10 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_net: HAT, small_image: np.ndarra
 
 def test_choose_batch_fills_the_budget() -> None:
     cpu = torch.device("cpu")
-    assert choose_batch(100.0, 50, cpu, budget=1000) == 10
-    assert choose_batch(100.0, 50, cpu, budget=10) == 1
-    assert choose_batch(100.0, 5, cpu, budget=10**9) == 5
-    assert choose_batch(1.0, 500, cpu, budget=10**9) == 64
+    assert choose_step_batch(100.0, 50, cpu, budget=1000) == 10
+    assert choose_step_batch(100.0, 50, cpu, budget=10) == 1
+    assert choose_step_batch(100.0, 5, cpu, budget=10**9) == 5
+    assert choose_step_batch(1.0, 500, cpu, budget=10**9) == 64
 
 
 def test_memory_budget_limits_the_batch(tiny_net: HAT, small_image: np.ndarray) -> None:

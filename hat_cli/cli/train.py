@@ -125,10 +125,12 @@ def train(
     try:
         with progress:
             result = run_training(options, on_progress)
-    except KeyboardInterrupt:
-        print_line(
-            f"saved {out} and {state_path_for(out)}; continue with the same command plus --resume {state_path_for(out)}"
-        )
+    except KeyboardInterrupt as exc:
+        if getattr(exc, "checkpoint_saved", False):  # not when stopped while the data was still loading
+            print_line(
+                f"saved {out} and {state_path_for(out)}; continue with the same command plus --resume "
+                f"{state_path_for(out)}"
+            )
         raise
     if not quiet:
         psnr = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.3f} dB"

@@ -20,22 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .layers import autocast_dtype
 from .padding import reflect_pad_to_multiple
 from .wrapper import ModelWrapper
 
 Bucket = tuple[tuple[int, ...], torch.dtype | None]  # padded (B, C, H, W), autocast dtype (None: off)
-
-
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype in force for ``device_type``, or None when autocast is off."""
-    try:
-        if not torch.is_autocast_enabled(device_type):
-            return None
-        return torch.get_autocast_dtype(device_type)
-    except (TypeError, AttributeError):  # torch < 2.4: no per-device queries
-        if device_type == "cpu":
-            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 class CompiledNetwork(ModelWrapper):

@@ -22,12 +22,21 @@ def compiling() -> bool:
     return bool(check())
 
 
-def cpu_autocast() -> bool:
-    """Whether CPU autocast is on (``is_autocast_enabled(device)`` exists from torch 2.4)."""
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for ``device_type``, or None when autocast is off."""
     try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:
-        return torch.is_autocast_cpu_enabled()
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # torch < 2.4: no per-device queries
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def cpu_autocast() -> bool:
+    """Whether CPU autocast is on."""
+    return autocast_dtype("cpu") is not None
 
 
 def tensor_cache(maxsize: int | None = None):

@@ -43,20 +43,20 @@ class _ResidualAttentionFamily:
         name: str,
         title: str,
         config_type: type[RCANConfig],
+        matcher: Callable[[Mapping[str, Any]], bool],
         detector: Callable[[Mapping[str, Any], Mapping[str, Any]], RCANConfig],
     ) -> None:
         self.name = name
         self.title = title
         self.config_type = config_type  # its HIDDEN names the values shapes cannot show
+        self._matcher = matcher
         self._detector = detector
 
     def __repr__(self) -> str:
         return f"<{self.title} family>"
 
     def matches(self, state: Mapping[str, Tensor]) -> bool:
-        if self.config_type is HANConfig:
-            return has_han_keys(state)
-        return has_rcan_backbone(state) and not has_han_keys(state)
+        return self._matcher(state)
 
     def detect(self, state: Mapping[str, Tensor], hidden: Mapping[str, Any]) -> RCANConfig:
         return self._detector(state, hidden)
@@ -81,7 +81,11 @@ class _ResidualAttentionFamily:
         return build_network(config)
 
 
-RCAN_FAMILY = _ResidualAttentionFamily("rcan", "RCAN", RCANConfig, detect_rcan)
-HAN_FAMILY = _ResidualAttentionFamily("han", "HAN", HANConfig, detect_han)
+def _is_rcan(state: Mapping[str, Any]) -> bool:
+    return has_rcan_backbone(state) and not has_han_keys(state)
+
+
+RCAN_FAMILY = _ResidualAttentionFamily("rcan", "RCAN", RCANConfig, _is_rcan, detect_rcan)
+HAN_FAMILY = _ResidualAttentionFamily("han", "HAN", HANConfig, has_han_keys, detect_han)
 
 __all__ = ["HAN_FAMILY", "HAN_PREFIXES", "RCAN_FAMILY", "has_han_keys", "has_rcan_backbone"]
