@@ -138,14 +138,26 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     The format is told by content, not by the name (a ``.pth`` that is really safetensors works).
     """
     path = Path(path)
+    raw, meta = read_checkpoint_file(path)
+    return _unwrap(raw, path), meta
+
+
+def read_checkpoint_file(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """``(what the file holds, metadata)``: :func:`read_checkpoint`'s safe read without unwrapping
+    (a training state keeps its optimiser's and scheduler's entries); weights-only, zip-bomb capped."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         safetensors = _looks_like_safetensors(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    raw, meta = _read_safetensors(path) if safetensors else _read_pickle(path)
-    return _unwrap(raw, path), meta
+    return _read_safetensors(path) if safetensors else _read_pickle(path)
+
+
+def state_dict_of(raw: Any, path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The network's weights in what :func:`read_checkpoint_file` returned (see :func:`read_checkpoint`)."""
+    return _unwrap(raw, Path(path))
 
 
 def _parse_meta(text: str, path: Path) -> dict[str, Any]:
@@ -194,16 +206,6 @@ def identify(
             f"({held:,} values in the file, {config.num_params:,} parameters in the network)"
         )
     return family, config
-
-
-def config_from_checkpoint(
-    state: Mapping[str, torch.Tensor],
-    meta: Mapping[str, Any],
-    path: str | os.PathLike[str],
-    **overrides: Any,
-) -> ModelConfig:
-    """:func:`identify`'s hyper-parameters alone."""
-    return identify(state, meta, path, **overrides)[1]
 
 
 # --------------------------------------------------------------------------- building

@@ -16,7 +16,7 @@ EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, CI cancel): 128 + 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "everything succeeded (outputs skipped with --skip-existing count as success)",
     EXIT_SOME_FAILED: "some inputs failed (unreadable image, output not writable), or no image was found",
-    EXIT_USAGE: "usage or configuration error (bad option, unknown model, bad or unsafe checkpoint)",
+    EXIT_USAGE: "usage or configuration error (bad option, unknown model, bad or unsafe checkpoint, Ray cluster unusable)",
     EXIT_INTERNAL: "internal error (a bug: please report it; HAT_DEBUG=1 shows the traceback)",
     EXIT_NETWORK: "download failed (every mirror failed, or the bytes were not the registry's file)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",

@@ -73,6 +73,7 @@ from .imagefiles import list_images, read_rgb8
 from .imageio import DEFAULT_MAX_PIXELS, image_size, save_png
 from .metrics import Channel, mod_crop, psnr, ssim
 from .pixels import grey_to_rgb, to_levels
+from .upscaling import folder_name
 
 __all__ = [
     "BenchResult",
@@ -383,11 +384,6 @@ def _resolve_pairs(pairs_or_dirs: Any, scale: int) -> list[ImagePair]:
     raise ConfigError("run_bench takes a Pairing, a list of ImagePair, an HR folder, or an (HR folder, LR folder) pair")
 
 
-def _safe_dirname(name: str) -> str:
-    cleaned = re.sub(r"[^\w.\-]+", "_", name).strip("._")
-    return cleaned or "model"
-
-
 def _save_png(img: np.ndarray, path: Path) -> None:
     try:
         save_png(img, path)
@@ -487,7 +483,7 @@ def _check_options(
     if border < 0:
         raise ConfigError(f"crop_border must be >= 0, got {crop_border}")
     names = list(models)
-    if save_sr_dir is not None and len({_safe_dirname(n) for n in names}) < len(names):
+    if save_sr_dir is not None and len({folder_name(n) for n in names}) < len(names):
         raise ConfigError(f"model names {names} would share an SR folder under {save_sr_dir}")
     return border
 
@@ -527,7 +523,7 @@ class _Scorer:
         seconds = time.perf_counter() - start
         sr = _check_sr(sr, name, pair.name, hw, self.scale, gray=hr.ndim == 2)
         if self.out_root is not None:
-            _save_png(sr, self.out_root / _safe_dirname(name) / f"{pair.name}.png")
+            _save_png(sr, self.out_root / folder_name(name) / f"{pair.name}.png")
         try:
             return ImageScore(
                 name=pair.name,

@@ -453,15 +453,12 @@ def run_on_cluster(
     options = options or RunOptions()
     stop = stop or options.stop
     on_result = on_result or (lambda result: None)
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
-    if cpus_per_worker <= 0 or (gpus_per_worker or 0) < 0:
-        raise ConfigError("--cpus-per-worker must be above 0 and --gpus-per-worker at least 0")
+    _check_pool_options(workers, cpus_per_worker, gpus_per_worker)
     if not jobs:
         return 0
     ray = require_ray()
-    upscaler_spec, extra = split_spec({**spec, **options_spec(options)})
-    actor_spec = upscaler_spec | extra
+    actor_spec = {**spec, **options_spec(options)}
+    split_spec(actor_spec)  # unknown keys: one error here, not one per actor
     sent = [Job(_absolute(job.source), _absolute(job.output)) for job in jobs]
     folders = {job.output.parent for job in sent}
     sweep_folders(folder for folder in folders if folder.is_dir())  # what killed runs left before
@@ -471,15 +468,10 @@ def run_on_cluster(
         gpus = _auto_gpus(ray, actor_spec) if gpus_per_worker is None else float(gpus_per_worker)
         size = _pool_size(ray, workers, gpus, cpus_per_worker, len(jobs))
         if on_ready is not None:
-            nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
             where = address or os.environ.get("RAY_ADDRESS") or ("local" if owned else "connected")
-            on_ready(
-                {"workers": size, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus, "nodes": nodes}
-                | {"address": where}
-            )
+            on_ready(_pool_description(ray, size, cpus_per_worker, gpus, where))
         rows = [{"index": i, "source": str(job.source), "output": str(job.output)} for i, job in enumerate(sent)]
-        ds = _pipeline(ray, rows, actor_spec, size, gpus, cpus_per_worker)
-        records = iter(ds.iter_rows())
+        records = iter(_pipeline(ray, rows, actor_spec, size, gpus, cpus_per_worker).iter_rows())
         try:
             for row in records:
                 index = int(row["index"])
@@ -489,17 +481,13 @@ def run_on_cluster(
                 on_result(_result(jobs[index], sent[index], row))
                 if stop.is_set():
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as exc:
             _close(records)
             if owned:
                 ray.shutdown()  # the job ends: the cluster kills its actors
             sweep_folders(folders, SWEEP_WAIT_S)
-            raise
-        except Exception as exc:
-            _close(records)
-            if owned:
-                ray.shutdown()
-            sweep_folders(folders, SWEEP_WAIT_S)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             raise ClusterError(_cluster_failure(exc)) from exc
         _close(records)
     stopped = stop.is_set() and len(reported) < len(jobs)
@@ -510,6 +498,19 @@ def run_on_cluster(
         if index not in reported:
             on_result(FileResult(job.source, None, "failed", None, f"{job.source}: no result came back from Ray"))
     return 0
+
+
+def _check_pool_options(workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None) -> None:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    if cpus_per_worker <= 0 or (gpus_per_worker or 0) < 0:
+        raise ConfigError("--cpus-per-worker must be above 0 and --gpus-per-worker at least 0")
+
+
+def _pool_description(ray: Any, size: int, cpus: float, gpus: float, address: str) -> dict[str, Any]:
+    """What ``on_ready`` hears: the pool and the cluster it runs on."""
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return {"workers": size, "cpus_per_worker": cpus, "gpus_per_worker": gpus, "nodes": nodes, "address": address}
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import math
 import os
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .atomic import signals_deferred
 from .baseline import make_lr
-from .checkpoint import identify, read_checkpoint, save_checkpoint
+from .checkpoint import identify, read_checkpoint, read_checkpoint_file, save_checkpoint, state_dict_of
 from .errors import CheckpointError, ConfigError
 from .evaluation import pair_images, run_bench
 from .imagefiles import list_images as images_in
@@ -392,17 +392,12 @@ class _Run:
             "wall_s": self.wall_s,
         }
 
-    def restore(self, path: Path) -> None:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for bad files
-            raise CheckpointError(f"{path}: not a readable training state: {exc}") from exc
-        if not isinstance(data, dict) or "train_state" not in data:
-            raise CheckpointError(f"{path}: holds no training state (use it with init= to fine-tune instead)")
+    def restore(self, data: Mapping[str, Any], path: Path) -> None:
+        """Continue from a training state file's contents (:func:`_read_resume`)."""
         try:
             self.model.load_state_dict(data["params"])
             self.ema.load_state_dict(data["params_ema"])
-        except RuntimeError as exc:
+        except (RuntimeError, KeyError) as exc:
             raise CheckpointError(f"{path}: weights do not match the architecture: {exc}") from exc
         st = data["train_state"]
         self.optimizer.load_state_dict(st["optimizer"])
@@ -416,9 +411,12 @@ class _Run:
         self.wall_s = float(st["wall_s"])
 
 
-def _config_of_state(path: Path) -> HATConfig:
-    state, meta = read_checkpoint(path)
-    return _hat_config(state, meta, path)
+def _read_resume(path: Path) -> tuple[HATConfig, Mapping[str, Any]]:
+    """A training state file, read once: the run's architecture and everything it saved."""
+    data, meta = read_checkpoint_file(path)
+    if not isinstance(data, Mapping) or "train_state" not in data:
+        raise CheckpointError(f"{path}: holds no training state (use it with init= to fine-tune instead)")
+    return _hat_config(state_dict_of(data, path), meta, path), data
 
 
 # --------------------------------------------------------------------------- training loop
@@ -440,7 +438,7 @@ def _prepare(options: TrainOptions, device: torch.device) -> tuple[_Run, PatchSa
     """The model (fresh, fine-tuned or resumed), its EMA copy, optimiser, schedule and data."""
     if options.resume is not None:
         # The architecture is the resumed run's, whatever config/init say now.
-        config = _config_of_state(Path(options.resume))
+        config, resumed = _read_resume(Path(options.resume))
         if config.upscale != options.scale:
             raise ConfigError(f"{options.resume} is a x{config.upscale} run, not x{options.scale}")
         model, source = HAT(config), None
@@ -457,7 +455,7 @@ def _prepare(options: TrainOptions, device: torch.device) -> tuple[_Run, PatchSa
     gen = torch.Generator().manual_seed(options.seed)
     run = _Run(options, model, ema, optimizer, make_scheduler(optimizer, options), gen, init_source=source)
     if options.resume is not None:
-        run.restore(Path(options.resume))
+        run.restore(resumed, Path(options.resume))
         run.init_source = f"resumed from {options.resume}"
     return run, sampler
 

@@ -7,6 +7,7 @@ import, so batch and the CLI can hold an upscaler type without loading torch.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,12 @@ Progress = Callable[[int, int], None]  # (tiles done, tiles total)
 def upscaler_name(name: str, self_ensemble: bool = False) -> str:
     """An upscaler's display name: ``+`` marks the x8 self-ensemble, as in the papers (EDSR+, RCAN+)."""
     return (name or "custom") + ("+" if self_ensemble else "")
+
+
+def folder_name(name: str) -> str:
+    """An upscaler's name as one folder name (``hat bench --save-sr``, ``hat lam`` with several
+    models): characters other than ``A-Z a-z 0-9 . _ + -`` become ``_``; never empty, ``.`` or ``..``."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "model"
 
 
 class UpscalerBase(ABC):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hat_cli.checkpoint import config_from_checkpoint, load_model, read_checkpoint, save_checkpoint
+from hat_cli.checkpoint import identify, load_model, read_checkpoint, save_checkpoint
 from hat_cli.cli import app
 from hat_cli.errors import CheckpointError
 from hat_cli.model import HAT, HATConfig, detect_config, family_named, find_family
@@ -100,9 +100,9 @@ def test_safetensors_round_trip_keeps_metadata(tmp_path: Path) -> None:
     model = HAT(config)
     path = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), config)
     state, meta = read_checkpoint(path)
-    assert config_from_checkpoint(state, meta, path) == config
+    assert identify(state, meta, path)[1] == config
     # explicit overrides win over stored metadata
-    assert config_from_checkpoint(state, meta, path, conv_scale=0.5).conv_scale == 0.5
+    assert identify(state, meta, path, conv_scale=0.5)[1].conv_scale == 0.5
 
 
 class _Exploit:

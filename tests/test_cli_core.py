@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from hat_cli import Upscaler
 from hat_cli.cli import app
+from hat_cli.cli.options import ModelListOpt, ModelOrderCommand, WeightsListOpt, model_specs, open_models
+from hat_cli.errors import ConfigError
 
 runner = CliRunner()
 
@@ -124,3 +129,35 @@ def test_commands_without_a_model_do_not_import_torch(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-c", code, str(image)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------- several --model/--weights
+
+
+def test_open_models_names_each_model_once(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """One duplicate-name rule for hat bench and hat lam: a file name met again in another folder is
+    named by its path; a model or file given twice is a usage error."""
+    other = tmp_path / "other" / tiny_checkpoint.name
+    other.parent.mkdir()
+    shutil.copy(tiny_checkpoint, other)
+    opened = open_models([("weights", tiny_checkpoint), ("weights", other)], device="cpu", self_ensemble=True)
+    assert [name for name, _ in opened] == ["tiny_x2.pth+", f"{other}+"]  # the path keeps the ensemble's "+"
+    with pytest.raises(ConfigError, match="given twice"):
+        open_models([("weights", tiny_checkpoint), ("weights", tmp_path / "." / tiny_checkpoint.name)], device="cpu")
+    with pytest.raises(ConfigError, match="model hat-tiny-x4 is given twice"):
+        open_models([("model", "hat-tiny"), ("model", "hat-tiny-x4")], device="cpu")
+    with pytest.raises(ConfigError, match="model bicubic is given twice"):
+        open_models([("model", "bicubic"), ("model", "bicubic")], scale=2)
+
+
+def test_model_specs_keep_the_command_line_order(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    probe = typer.Typer()
+    seen = []
+
+    @probe.command(cls=ModelOrderCommand)
+    def run(ctx: typer.Context, model: ModelListOpt = None, weights: WeightsListOpt = None) -> None:
+        seen.append(model_specs(ctx, model or [], weights or []))
+
+    result = runner.invoke(probe, ["-w", "a.pth", "-m", "hat", "--weights", "b.pth", "--model", "bicubic"])
+    assert result.exit_code == 0, result.output
+    assert seen == [[("weights", Path("a.pth")), ("model", "hat"), ("weights", Path("b.pth")), ("model", "bicubic")]]

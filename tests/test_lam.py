@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -357,6 +358,24 @@ def test_several_models_make_one_comparison_strip(
     assert width == 3 * 24 and height > 2 * 20
 
 
+def test_several_models_must_be_networks_of_one_scale_each_given_once(
+    tmp_path: Path, tiny_checkpoint: Path, lr_image: Path
+) -> None:
+    torch.manual_seed(2)
+    config = replace(TINY_CONFIG, upscale=4)
+    x4 = save_checkpoint(tmp_path / "x4" / "tiny_x4.pth", HAT(config).state_dict(), config)
+    base = ["lam", str(lr_image), "--at", "0,0", "--window", "4", "--steps", "2", "--kernel", "3", "--device", "cpu"]
+    cases = {
+        "mixed scales": (["-w", str(tiny_checkpoint), "-w", str(x4)], "tiny_x4.pth is x4 but tiny_x2.pth is x2"),
+        "same file twice": (["-w", str(tiny_checkpoint), "-w", str(tiny_checkpoint)], "given twice"),
+        "bicubic among networks": (["-w", str(tiny_checkpoint), "-m", "bicubic"], "bicubic has no network"),
+    }
+    for models, message in cases.values():
+        result = runner.invoke(app, [*base, *models])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+
+
 def test_from_hr_makes_the_lr_as_lam_does(tmp_path: Path, tiny_checkpoint: Path) -> None:
     hr = Image.fromarray(np.random.default_rng(4).integers(0, 256, (11, 13, 3), dtype=np.uint8))
     hr.save(tmp_path / "hr.png")
@@ -394,6 +413,42 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tiny_checkpoint: Path, lr_i
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option", ["--window", "--batch"])
+def test_window_and_batch_below_one_are_one_usage_line(option: str, tiny_checkpoint: Path, lr_image: Path) -> None:
+    result = runner.invoke(app, ["lam", str(lr_image), "-w", str(tiny_checkpoint), "--at", "0,0", option, "0"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: Invalid value for '{option}'"), result.stderr
+
+
+def test_the_image_is_read_and_checked_before_any_model_is_opened(tmp_path: Path) -> None:
+    """hat-l is not cached and --offline forbids fetching it: opening it would fail with exit 2."""
+    base = ["--model", "hat-l", "--offline", "--at", "0,0", "--window", "2"]
+    unreadable = tmp_path / "broken.png"
+    unreadable.write_bytes(b"not an image")
+    result = runner.invoke(app, ["lam", str(unreadable), *base])
+    assert result.exit_code == 1, result.output  # InputImageError, not the offline message
+    assert result.stderr.strip().splitlines() == [
+        f"error: {unreadable}: not a recognised image (unknown format or corrupt header)"
+    ]
+    small = tmp_path / "small.png"
+    Image.new("RGB", (3, 3)).save(small)
+    result = runner.invoke(app, ["lam", str(small), *base])
+    assert result.exit_code == 2 and "too small" in result.stderr and "offline" not in result.stderr, result.stderr
+
+
+def test_channels_the_model_cannot_take_exit_1_before_any_model_runs(
+    tmp_path: Path, tiny_checkpoint: Path, lr_image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hat_cli.lam.attribute", lambda *args, **kwargs: pytest.fail("a model ran"))
+    config = replace(TINY_CONFIG, in_chans=1)
+    gray = save_checkpoint(tmp_path / "gray.pth", HAT(config).state_dict(), config)
+    args = ["lam", str(lr_image), "-w", str(tiny_checkpoint), "-w", str(gray), "--at", "0,0", "--window", "4"]
+    result = runner.invoke(app, [*args, "--kernel", "3", "--steps", "2", "--json"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == ["error: gray.pth: 3-channel image, the model takes 1 channels"]
 
 
 def test_user_text_is_printed_verbatim(tmp_path: Path, tiny_checkpoint: Path) -> None:

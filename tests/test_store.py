@@ -262,6 +262,23 @@ def test_offline_makes_no_request(cache, server, tmp_path, monkeypatch):
     assert ensure_checkpoint(preset, policy=FAST).read_bytes() == DATA
 
 
+def test_download_checkpoint_offline_raises_what_ensure_checkpoint_raises(cache, server, tmp_path, monkeypatch):
+    preset = make_preset(tmp_path, [server.serve("/a.pth", DATA)])
+    with pytest.raises(ModelNotAvailable) as ensured:
+        ensure_checkpoint(preset, offline=True)
+    with pytest.raises(ModelNotAvailable) as downloaded:
+        download_checkpoint(preset, policy=FAST, offline=True)
+    assert str(downloaded.value) == str(ensured.value)
+    assert str(downloaded.value).startswith("offline (HAT_OFFLINE=1 or --offline): model rand-x2 is not cached")
+    monkeypatch.setenv("HAT_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailable, match="offline"):
+        download_checkpoint(preset, policy=FAST)
+    assert server.requests == []
+    monkeypatch.delenv("HAT_OFFLINE")
+    path = download_checkpoint(preset, policy=FAST).path
+    assert download_checkpoint(preset, offline=True).path == path  # cached: offline is fine
+
+
 def test_redirects_followed_only_to_allowed_urls(cache, server, tmp_path):
     good = server.serve("/real.pth", DATA)
     server.serve("/moved.pth", DATA, faults=[f"redirect:{good}"])

@@ -10,8 +10,10 @@ from rich.progress import Progress
 from typer.testing import CliRunner
 
 from hat_cli import Upscaler
+from hat_cli.baseline import BicubicUpscaler
 from hat_cli.cli import app
-from hat_cli.cli.progress import TileProgress, tile_progress
+from hat_cli.cli.progress import TileProgress
+from hat_cli.cli.upscale import _attach
 
 runner = CliRunner()
 
@@ -52,8 +54,12 @@ def test_bad_tile_options_are_usage_errors(tmp_path: Path, tiny_checkpoint: Path
 
 
 def test_progress_shows_only_for_several_tiles_and_not_when_quiet() -> None:
-    with tile_progress("x.png", enabled=False) as callback:
-        assert callback is None
+    upscaler = BicubicUpscaler(2)  # any upscaler: _attach sets its hooks
+    _attach(upscaler, reporter=None, progress=None, verbose=False)  # --quiet, --json, no terminal: no bar
+    assert upscaler.progress is None
+    files_bar = Progress()
+    _attach(upscaler, reporter=None, progress=files_bar, verbose=False)
+    assert isinstance(upscaler.progress, TileProgress) and upscaler.progress._bar is files_bar
     own = TileProgress("x.png")
     own(1, 1)
     assert own._bar is None  # a single tile: no bar

@@ -178,17 +178,17 @@ def _root(
 
 
 from . import models as _models  # noqa: E402  (registers sub-commands on import)
-from .bench import BenchCommand, bench  # noqa: E402
+from .bench import bench  # noqa: E402
 from .lam import lam  # noqa: E402
-from .options import HatCommand  # noqa: E402
+from .options import HatCommand, ModelOrderCommand  # noqa: E402
 from .train import train  # noqa: E402
 from .upscale import HELP as UPSCALE_HELP  # noqa: E402
 from .upscale import upscale  # noqa: E402
 
 app.command(cls=HatCommand, help=UPSCALE_HELP)(upscale)
-app.command(cls=BenchCommand)(bench)
+app.command(cls=ModelOrderCommand)(bench)  # ModelOrderCommand: --model/--weights kept in command-line order
 app.command(cls=HatCommand)(train)
-app.command(cls=BenchCommand)(lam)  # BenchCommand: --model/--weights kept in command-line order
+app.command(cls=ModelOrderCommand)(lam)
 app.add_typer(_models.app, name="models")
 
 

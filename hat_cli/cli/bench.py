@@ -19,28 +19,19 @@ from .console import console, echo, err_console, one_line, print_error, print_li
 from .options import (
     FOLDER,
     DeviceOpt,
-    HatCommand,
     JsonOpt,
+    ModelListOpt,
     PrecisionOpt,
     RegistryOpt,
     SelfEnsembleOpt,
     ThreadsOpt,
     TileOpt,
+    WeightsListOpt,
+    model_specs,
+    open_models,
     parse_tile,
 )
 from .progress import counter_bar
-
-_ORDER_KEY = "hat.bench.model_order"
-_MODEL_PARAMS = ("model", "weights")
-
-
-class BenchCommand(HatCommand):
-    """Records the command-line order of ``--model``/``--weights`` (Typer keeps one list per option)."""
-
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # the parser consumes its list
-        ctx.meta[_ORDER_KEY] = [p.name for p in order if p.name in _MODEL_PARAMS]
-        return super().parse_args(ctx, args)
 
 
 class ChannelChoice(StrEnum):
@@ -58,26 +49,8 @@ def bench(
             "--lr", help="Input (LR) images, paired by name; default: made from HR with MATLAB bicubic.", **FOLDER
         ),
     ] = None,
-    model: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="NAME",
-            help="Preset name or alias, or 'bicubic'; repeat for more columns.",
-            show_default=False,
-        ),
-    ] = None,
-    weights: Annotated[
-        Optional[list[Path]],  # noqa: UP045
-        typer.Option(
-            "--weights",
-            "-w",
-            metavar="FILE",
-            help="A HAT checkpoint file; repeatable, mixes with --model in the order given.",
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelListOpt = None,
+    weights: WeightsListOpt = None,
     crop_border: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(
@@ -113,8 +86,12 @@ def bench(
     registry: RegistryOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Score models against ground truth: hat bench --hr Set5/HR --scale 4 --model bicubic --model hat."""
-    specs = _model_specs(ctx, model or [], weights or [])
+    """Score models against ground truth: hat bench --hr Set5/HR --scale 4 --model bicubic --model hat.
+
+    Each --model/--weights is one column, in command-line order; --model bicubic is the MATLAB-bicubic baseline.
+    --tile defaults to 0 (whole image); auto also runs the whole image here.
+    """
+    specs = model_specs(ctx, model or [], weights or [])
     if not specs:
         raise ConfigError("name a model to score: --model NAME, --model bicubic or --weights FILE (repeatable)")
     tile_size = parse_tile(tile)
@@ -122,9 +99,16 @@ def bench(
     from ..threads import set_threads  # torch: only once there is something to score
 
     set_threads(threads)
-    models = _load_models(
-        specs, scale, registry, device, precision, 0 if tile_size == "auto" else tile_size, self_ensemble
+    opened = open_models(
+        specs,
+        registry=registry,
+        device=device,
+        precision=precision,
+        tile=0 if tile_size == "auto" else tile_size,
+        scale=scale,
+        self_ensemble=self_ensemble,  # the bicubic baseline ignores it
     )
+    models: dict[str, Model] = {name: upscaler.upscale_array for name, upscaler in opened}
     result = _run(pairing, scale, models, crop_border, channel.value, save_sr, max_pixels)
     if result.models[0].images:
         if csv_path is not None:
@@ -152,45 +136,6 @@ def _pairing(hr: Path, lr: Path | None, scale: int) -> Pairing:
     if not pairing.pairs:
         raise ConfigError(f"no image pairs in {hr} and {lr}: LR names must be HR names plus a suffix like _x{scale}")
     return pairing
-
-
-def _load_models(
-    specs: list[tuple[str, str | Path]],
-    scale: int,
-    registry: Path | None,
-    device: str,
-    precision: str,
-    tile: int,
-    self_ensemble: bool,
-) -> dict[str, Model]:
-    """Column name -> upscale function, in command-line order."""
-    from ..api import open_upscaler  # torch: only once there is something to score
-
-    models: dict[str, Model] = {}
-    for kind, value in specs:
-        upscaler = open_upscaler(
-            registry=registry,
-            device=device,
-            precision=precision,
-            tile=tile,
-            scale=scale,
-            **{kind: value},
-            self_ensemble=self_ensemble,  # the bicubic baseline ignores it
-        )
-        name = upscaler.name
-        if name in models and kind == "weights":
-            name = str(value)  # two files with the same name in different folders
-        if name in models:
-            raise ConfigError(f"model {name} is given twice")
-        models[name] = upscaler.upscale_array
-    return models
-
-
-def _model_specs(ctx: typer.Context, models: list[str], weights: list[Path]) -> list[tuple[str, str | Path]]:
-    """``[("model", name) | ("weights", path)]`` in command-line order."""
-    order = ctx.meta.get(_ORDER_KEY) or ["model"] * len(models) + ["weights"] * len(weights)
-    values = {"model": iter(models), "weights": iter(weights)}
-    return [(kind, next(values[kind])) for kind in order]
 
 
 def _warn(message: str, paths: list[Path]) -> None:

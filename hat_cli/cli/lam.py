@@ -7,7 +7,10 @@ pictures (``input``, ``saliency``, ``blend``, ``kde``, ``kde_blend``, ``sr``, ``
 ``lam.json``; several models go to ``DIR/<model>/`` with one ``comparison.png`` in ``DIR``.
 ``--json`` prints one JSON object per model, one per line (JSON Lines), in the order given.
 
-Exit status: 0 done, 2 for a bad window, parameter or input image (one line on stderr).
+The image is read and checked before any model is opened (or downloaded). Exit status (one line on
+stderr): 0 done; 1 unreadable image, or one whose channels the model cannot take; 2 bad option (a
+window outside the SR image, an image too small for the blur kernel, ``--model bicubic``, models of
+different scales, an unknown model or bad checkpoint); 4 download failed (see ``EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -24,10 +27,20 @@ import typer
 from ..atomic import write_bytes
 from ..errors import ConfigError, ImageTooSmall, InputImageError
 from ..imageio import DEFAULT_MAX_PIXELS, read_picture
-from ..pixels import to_levels
-from .bench import _model_specs
+from ..pixels import grey_to_rgb, to_8bit
+from ..upscaling import folder_name
 from .console import echo, err_console, print_line
-from .options import DeviceOpt, JsonOpt, OfflineOpt, RegistryOpt, ScaleOpt
+from .options import (
+    DeviceOpt,
+    JsonOpt,
+    ModelListOpt,
+    OfflineOpt,
+    RegistryOpt,
+    ScaleOpt,
+    WeightsListOpt,
+    model_specs,
+    open_models,
+)
 from .progress import counter_bar, download_progress
 
 if TYPE_CHECKING:
@@ -78,23 +91,9 @@ def lam(
             "--at", metavar="X,Y", help="Top-left corner of the window in SR pixels (column, row).", show_default=False
         ),
     ],
-    model: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(
-            "--model", "-m", metavar="NAME", help="Preset name or alias; repeat to compare.", show_default=False
-        ),
-    ] = None,
-    weights: Annotated[
-        Optional[list[Path]],  # noqa: UP045
-        typer.Option(
-            "--weights",
-            "-w",
-            metavar="FILE",
-            help="A checkpoint file; repeatable, mixes with --model in order.",
-            show_default=False,
-        ),
-    ] = None,
-    window: Annotated[int, typer.Option("--window", help="Side of the analysed SR window in pixels.")] = 16,
+    model: ModelListOpt = None,
+    weights: WeightsListOpt = None,
+    window: Annotated[int, typer.Option("--window", min=1, help="Side of the analysed SR window in pixels.")] = 16,
     sigma: Annotated[
         float, typer.Option("--sigma", help="Blur of the path's start (Gaussian sigma, LR pixels).")
     ] = 1.2,
@@ -103,7 +102,10 @@ def lam(
     batch: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(
-            "--batch", help="Path steps per forward/backward (default: as many as fit in memory).", show_default=False
+            "--batch",
+            min=1,
+            help="Path steps per forward/backward (default: as many as fit in memory).",
+            show_default=False,
         ),
     ] = None,
     from_hr: Annotated[
@@ -130,34 +132,35 @@ def lam(
 
     Prints the diffusion index (DI: the share of input pixels the network uses; higher = wider). Several --model/--weights give one comparison strip, as the HAT paper's figure.
 
-    Exit status: 0 done, 2 bad option, window or image (one line on stderr).
+    Exit status: 0 done; 1 unreadable image, or channels the model cannot take; 2 bad option, window outside the SR image, image too small for the kernel, --model bicubic; 4 download failed.
     """
     from ..lam import Window, check_parameters  # torch: not for --help
 
     x, y = parse_at(at)
     check_parameters(sigma, steps, kernel)
-    if window < 1:
-        raise ConfigError(f"--window {window}: must be >= 1 SR pixels")
-    if batch is not None and batch < 1:
-        raise ConfigError(f"--batch {batch}: must be >= 1")
     if output is not None and output.exists() and not output.is_dir():
         raise ConfigError(f"-o {output}: exists and is not a folder")
-    specs = _model_specs(ctx, model or [], weights or [])
+    specs = model_specs(ctx, model or [], weights or [])
     if not specs:
         raise ConfigError("name a model: --model NAME or --weights FILE (repeat to compare several)")
+    for kind, value in specs:
+        if kind == "model" and str(value).lower() == "bicubic":
+            raise ConfigError("--model bicubic: LAM attributes a network's output; bicubic has no network")
 
+    lr = _read_input(image, kernel, from_hr)  # before any model is opened (or downloaded)
     upscalers = _open_models(specs, scale, registry, device, precision, offline, quiet=as_json)
-    model_scale = upscalers[0][1].scale
-    lr, lr_picture = _read_input(image, model_scale, from_hr)
+    lr_picture = None
+    if from_hr:
+        lr, lr_picture = _lr_from_hr(image, lr, upscalers[0][1].scale, kernel)
     region = Window(x, y, window)
-    _check_all(image, upscalers, lr.shape[1], lr.shape[0], region, kernel)
+    _check_all(upscalers, lr, region)
 
     analysed = [
         _analyse(name, upscaler, lr, region, sigma, steps, kernel, batch, show=not as_json)
         for name, upscaler in upscalers
     ]
     if output is not None:
-        _write(output, analysed, lr, lr_picture if from_hr else None)
+        _write(output, analysed, lr, lr_picture)
     for item in analysed:
         if as_json:
             echo(json.dumps(item.to_json(image)))
@@ -179,79 +182,79 @@ def _open_models(
     offline: bool,
     quiet: bool,
 ) -> list[tuple[str, Any]]:
-    """(unique name, Upscaler) per --model/--weights; the bicubic baseline and mixed scales refused."""
-    from ..api import Upscaler, open_upscaler
-
-    opened: list[tuple[str, Any]] = []
-    for kind, value in specs:
-        if kind == "model" and str(value).lower() == "bicubic":
-            raise ConfigError("--model bicubic: LAM attributes a network's output; bicubic has no network")
-        upscaler = open_upscaler(
-            registry=registry,
-            device=device,
-            precision=precision,
-            scale=scale,
-            offline=offline,
-            progress=download_progress(quiet),
-            **{kind: value},
-        )
-        if not isinstance(upscaler, Upscaler):
-            raise ConfigError(f"{value}: LAM needs a network")
-        names = [name for name, _ in opened]
-        name = upscaler.name if upscaler.name not in names else str(value)
-        if name in names:
-            raise ConfigError(f"model {name} is given twice")
-        if opened and upscaler.scale != opened[0][1].scale:
+    """(unique name, Upscaler) per --model/--weights (bicubic already refused), all of one scale."""
+    opened = open_models(
+        specs,
+        registry=registry,
+        device=device,
+        precision=precision,
+        scale=scale,
+        offline=offline,
+        progress=download_progress(quiet),
+    )
+    first_name, first = opened[0]
+    for name, upscaler in opened[1:]:
+        if upscaler.scale != first.scale:
             raise ConfigError(
-                f"{name} is x{upscaler.scale} but {opened[0][0]} is x{opened[0][1].scale}: "
+                f"{name} is x{upscaler.scale} but {first_name} is x{first.scale}: "
                 "compare models of one scale (the window is in SR pixels)"
             )
-        opened.append((name, upscaler))
     return opened
 
 
-def _read_input(path: Path, scale: int, from_hr: bool) -> tuple[np.ndarray, Image.Image | None]:
-    """The LR input as H x W x C uint8/uint16 (alpha dropped), and the LR PIL image made from HR."""
+def _read_input(path: Path, kernel: int, from_hr: bool) -> np.ndarray:
+    """IMAGE as H x W x C uint8/uint16 (alpha dropped); an LR input is checked against the kernel."""
     picture = read_picture(path, DEFAULT_MAX_PIXELS)
     array = picture.frames[0]
     if picture.has_alpha:
         array = array[:, :, :-1]
     if not from_hr:
-        return array, None
+        _check_image(path, array, kernel)
+    return array
+
+
+def _lr_from_hr(path: Path, hr: np.ndarray, scale: int, kernel: int) -> tuple[np.ndarray, Image.Image]:
+    """The LR input made from HR as LAM makes it, checked against the kernel, and its PIL image."""
     from ..lam_pictures import lr_from_hr
 
-    lr, _ = lr_from_hr(_to_pil(array), scale)
-    return np.asarray(lr).reshape(lr.height, lr.width, -1), lr
+    lr, _ = lr_from_hr(_to_pil(hr), scale)
+    array = np.asarray(lr).reshape(lr.height, lr.width, -1)
+    _check_image(path, array, kernel)
+    return array, lr
+
+
+def _check_image(path: Path, lr: np.ndarray, kernel: int) -> None:
+    from ..lam import check_image
+
+    try:
+        check_image(lr.shape[0], lr.shape[1], kernel)
+    except ImageTooSmall as exc:
+        raise ImageTooSmall(f"{path}: {exc}") from None
 
 
 def _to_pil(array: np.ndarray) -> Image.Image:
     """H x W x C uint8 (or uint16, reduced to 8 bits as LAM's PIL pipeline holds it) -> PIL image."""
     from PIL import Image
 
-    if array.dtype == np.uint16:
-        array = to_levels(array / 257.0)
+    array = to_8bit(array)
     return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
 
 
-def _check_all(
-    path: Path, upscalers: list[tuple[str, Any]], width: int, height: int, region: Window, kernel: int
-) -> None:
-    """Fail before any model runs: the image against the kernel, the window against each SR size."""
-    from ..lam import check_image, check_window
+def _check_all(upscalers: list[tuple[str, Any]], lr: np.ndarray, region: Window) -> None:
+    """Fail before any model runs: the window against each SR size, the channels against each network."""
+    from ..lam import check_window
 
-    try:
-        check_image(height, width, kernel)
-    except ImageTooSmall as exc:
-        raise ImageTooSmall(f"{path}: {exc}") from None
-    for _, upscaler in upscalers:
+    height, width = lr.shape[:2]
+    for name, upscaler in upscalers:
         check_window(region, height * upscaler.scale, width * upscaler.scale)
+        _channels(lr, upscaler.model.in_channels, name)
 
 
 def _channels(array: np.ndarray, wanted: int, path_name: str) -> np.ndarray:
     if array.shape[2] == wanted:
         return array
     if array.shape[2] == 1 and wanted == 3:
-        return np.repeat(array, 3, axis=2)
+        return grey_to_rgb(array)
     raise InputImageError(f"{path_name}: {array.shape[2]}-channel image, the model takes {wanted} channels")
 
 
@@ -287,18 +290,13 @@ def _analyse(
     return Analysed(name, upscaler.scale, str(upscaler.device), upscaler.precision, result)
 
 
-def _folder_name(name: str) -> str:
-    """A model name as a folder name: unsafe characters become '_'."""
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name).strip(".") or "model"
-
-
 def _write(output: Path, analysed: list[Analysed], lr: np.ndarray, lr_picture: Image.Image | None) -> None:
     """attribution.npy, the pictures and lam.json per model; comparison.png for several models."""
     from ..lam_pictures import comparison_strip, make_pictures, save_array, save_pictures, save_png
 
     several = len(analysed) > 1
     for item in analysed:
-        folder = output / _folder_name(item.name) if several else output
+        folder = output / folder_name(item.name) if several else output
         item.pictures = make_pictures(lr, item.result, item.scale)
         save_array(item.result.attribution, folder / "attribution.npy")
         save_pictures(item.pictures, folder)

@@ -14,10 +14,8 @@ from ..errors import EXIT_SOME_FAILED, ConfigError, HatError
 from ..registry import load_registry
 from ..store import (
     download_checkpoint,
-    ensure_checkpoint,
     expected_sha256,
     import_checkpoint,
-    is_offline,
     local_checkpoint,
     presets_by_name,
     remove_checkpoint,
@@ -37,6 +35,10 @@ NamesArg = Annotated[
 NameArg = Annotated[str, typer.Argument(help="Preset name or alias.", metavar="NAME", show_default=False)]
 
 app = typer.Typer(help="List and manage model checkpoints.", no_args_is_help=True)
+
+
+def _emit_json(rows: Any) -> None:
+    echo(json.dumps(rows, indent=2))
 
 
 @app.command("list", cls=HatCommand)
@@ -66,7 +68,7 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
             }
         )
     if as_json:
-        echo(json.dumps(rows, indent=2))
+        _emit_json(rows)
         return
     table = Table(title="Models")
     for column in ("name", "aliases", "arch", "scale", "params", "size", "available"):
@@ -88,10 +90,6 @@ def list_models(registry: RegistryOpt = None, as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-def _emit_json(rows: Any) -> None:
-    echo(json.dumps(rows, indent=2))
-
-
 @app.command("download", cls=HatCommand)
 def download(
     names: NamesArg = None,
@@ -110,9 +108,7 @@ def download(
     rows, failures = [], []
     for preset in presets:
         try:
-            if is_offline() and local_checkpoint(preset) is None:
-                ensure_checkpoint(preset)  # raises the offline message naming the file and its sha256
-            result = download_checkpoint(preset, progress=progress)
+            result = download_checkpoint(preset, progress=progress)  # offline ($HAT_OFFLINE): names the file
         except HatError as exc:
             if len(presets) == 1:
                 raise

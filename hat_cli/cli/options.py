@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from typer.core import TyperCommand
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..upscaling import UpscalerBase
 
 
 class HatCommand(TyperCommand):
@@ -58,6 +61,55 @@ def _usage_name(param: Any) -> Any:
     return name
 
 
+_ORDER_KEY = "hat.model_order"
+_MODEL_PARAMS = ("model", "weights")
+
+
+class ModelOrderCommand(HatCommand):
+    """A command taking several ``--model``/``--weights`` (:data:`ModelListOpt`, :data:`WeightsListOpt`):
+    records their command-line order, which :func:`model_specs` reads (Typer keeps one list per option)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # the parser consumes its list
+        ctx.meta[_ORDER_KEY] = [p.name for p in order if p.name in _MODEL_PARAMS]
+        return super().parse_args(ctx, args)
+
+
+def model_specs(ctx: typer.Context, models: list[str], weights: list[Path]) -> list[tuple[str, str | Path]]:
+    """``[("model", name) | ("weights", path)]`` in command-line order (see :class:`ModelOrderCommand`)."""
+    order = ctx.meta.get(_ORDER_KEY) or ["model"] * len(models) + ["weights"] * len(weights)
+    values = {"model": iter(models), "weights": iter(weights)}
+    return [(kind, next(values[kind])) for kind in order]
+
+
+def open_models(specs: list[tuple[str, str | Path]], **upscaler_options: Any) -> list[tuple[str, UpscalerBase]]:
+    """``(unique name, upscaler)`` per spec, in order (``upscaler_options`` go to ``open_upscaler``).
+
+    Names are the upscalers' own; a second file with the same name in another folder is named by its
+    path; a model or file given twice is a :class:`ConfigError`.
+    """
+    from ..api import open_upscaler  # torch: only once there is something to run
+
+    opened: list[tuple[str, UpscalerBase]] = []
+    names: set[str] = set()
+    files: set[Path] = set()
+    for kind, value in specs:
+        if kind == "weights":
+            file = Path(value).resolve()
+            if file in files:
+                raise ConfigError(f"model {value} is given twice")
+            files.add(file)
+        upscaler = open_upscaler(**upscaler_options, **{kind: value})
+        name = upscaler.name
+        if name in names and kind == "weights":  # the same file name in another folder: its path
+            name = str(value) + name.removeprefix(Path(value).name)  # keeps --self-ensemble's "+"
+        if name in names:
+            raise ConfigError(f"model {name} is given twice")
+        names.add(name)
+        opened.append((name, upscaler))
+    return opened
+
+
 ModelOpt = Annotated[
     Optional[str],  # noqa: UP045  (typer needs Optional at runtime on older versions)
     typer.Option("--model", "-m", metavar="NAME", help="Preset name or alias (see 'hat models list'); env HAT_MODEL."),
@@ -66,6 +118,27 @@ WeightsOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
         "--weights", "-w", metavar="FILE", help="Any HAT checkpoint (.pth/.pt/.safetensors); architecture read from it."
+    ),
+]
+# Repeatable --model/--weights (commands comparing models: use ModelOrderCommand and model_specs).
+ModelListOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="NAME",
+        help="Preset name or alias (see 'hat models list'); repeatable.",
+        show_default=False,
+    ),
+]
+WeightsListOpt = Annotated[
+    Optional[list[Path]],  # noqa: UP045
+    typer.Option(
+        "--weights",
+        "-w",
+        metavar="FILE",
+        help="A checkpoint file; repeatable, mixes with --model in the order given.",
+        show_default=False,
     ),
 ]
 ScaleOpt = Annotated[

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import IO
 
 from rich.console import Console
@@ -69,19 +67,6 @@ class TileProgress:
                 self._bar.stop()
                 self._bar = None
             self._task = None
-
-
-@contextmanager
-def tile_progress(label: str, enabled: bool = True, bar: Progress | None = None) -> Iterator[TileProgress | None]:
-    """A :class:`TileProgress` closed on exit, or None when disabled (``--quiet``)."""
-    if not enabled:
-        yield None
-        return
-    callback = TileProgress(label, bar)
-    try:
-        yield callback
-    finally:
-        callback.close()
 
 
 class TqdmProgress:

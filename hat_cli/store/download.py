@@ -343,16 +343,23 @@ def download_checkpoint(
     preset: Preset,
     progress: ProgressCallback | None = None,
     policy: RetryPolicy | None = None,
+    offline: bool = False,
 ) -> DownloadResult:
     """Fetch a preset's checkpoint into the cache (mirrors in order), unless it is already there.
 
     Safe to call from several processes at once: one downloads, the others wait and reuse it.
-    Raises :class:`DownloadError` listing every mirror's failure.
+    Raises :class:`DownloadError` listing every mirror's failure; offline (``offline`` or
+    ``$HAT_OFFLINE``), a missing file is a :class:`ModelNotAvailable` naming it and its sha256.
     """
     if (path := local_checkpoint(preset)) is not None:
         return DownloadResult(path)
     if preset.bundled:
         return DownloadResult(require_checkpoint(preset))
+    if is_offline(offline):
+        try:
+            return DownloadResult(require_checkpoint(preset))
+        except ModelNotAvailable as exc:
+            raise ModelNotAvailable(f"offline ({OFFLINE_ENV}=1 or --offline): {exc}") from None
     if not preset.urls:
         raise ModelNotAvailable(f"model {preset.name} has no download URL ({import_hint(preset)})")
     policy = policy or RetryPolicy()
@@ -395,13 +402,4 @@ def ensure_checkpoint(
     policy: RetryPolicy | None = None,
 ) -> Path:
     """The local checkpoint, downloaded first when missing unless offline (``offline`` or ``$HAT_OFFLINE``)."""
-    if (path := local_checkpoint(preset)) is not None:
-        return path
-    if preset.bundled or is_offline(offline):
-        try:
-            return require_checkpoint(preset)
-        except ModelNotAvailable as exc:
-            if preset.bundled:
-                raise
-            raise ModelNotAvailable(f"offline ({OFFLINE_ENV}=1 or --offline): {exc}") from None
-    return download_checkpoint(preset, progress=progress, policy=policy).path
+    return download_checkpoint(preset, progress=progress, policy=policy, offline=offline).path
