@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ConfigError, InputImageError
 from .imresize import imresize
 from .metrics import mod_crop
-from .pixels import check_pixel_type, peak, to_levels
+from .pixels import check_pixel_type, peak, round_half_up, to_levels
 from .upscaling import Progress, UpscalerBase
 
 if TYPE_CHECKING:
@@ -94,12 +94,13 @@ class BicubicUpscaler(UpscalerBase):
         """(B, C, H, W) float in 0..1 -> (B, C, sH, sW) float32; 8-bit content takes the uint8 path."""
         import torch  # the caller holds a tensor, so torch is loaded; not at import time (CLI start)
 
-        images = x.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy() * peak(np.uint8)
-        levels = np.round(images)
-        if np.abs(images - levels).max(initial=0.0) < 1e-4:
-            out = np.stack([bicubic_upscale(image.astype(np.uint8), self.scale) for image in levels]) / 255.0
+        white = peak(np.uint8)
+        images = x.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).numpy() * white
+        levels = round_half_up(images)
+        if np.abs(images - levels).max(initial=0.0) < 1e-4:  # 8-bit content: the exact uint8 path
+            out = np.stack([bicubic_upscale(image.astype(np.uint8), self.scale) for image in levels]) / white
         else:
-            out = np.stack([imresize(image, self.scale) for image in images]) / 255.0
+            out = np.stack([imresize(image, self.scale) for image in images]) / white
         return torch.from_numpy(out).permute(0, 3, 1, 2).to(torch.float32).to(x.device)
 
 

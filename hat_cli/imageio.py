@@ -23,7 +23,7 @@ from PIL import Image, ImageCms, ImageSequence, UnidentifiedImageError
 
 from .atomic import TempFiles, atomic_write
 from .errors import HatError, InputImageError, OutputError, first_line
-from .pixels import grey_to_rgb, to_8bit, to_levels
+from .pixels import grey_to_rgb, peak, to_8bit, to_levels, to_unit
 
 DEFAULT_MAX_PIXELS = 100_000_000  # refuse decompression bombs beyond this many input pixels (all frames)
 # Each frame of an animation counts as at least this many pixels: a frame is one more forward pass
@@ -530,8 +530,8 @@ def _pillow_frame(array: np.ndarray, fmt: str) -> Image.Image:
     channels = array.shape[2]
     if channels in (2, 4) and fmt not in _ALPHA_FORMATS:
         # No alpha in this format (JPEG): composite over white, as viewers show transparency.
-        alpha = array[..., -1:].astype(np.float32) / 255.0
-        colour = array[..., :-1].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        alpha = to_unit(array[..., -1:])
+        colour = array[..., :-1].astype(np.float32) * alpha + peak(np.uint8) * (1.0 - alpha)
         array = to_levels(colour, np.uint8)
         channels -= 1
     if fmt in _RGB_ONLY_FORMATS:

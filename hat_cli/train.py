@@ -76,7 +76,7 @@ class TrainOptions:
     save_every: int = 500
     resume: str | os.PathLike[str] | None = None
     device: str = "cpu"
-    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    threads: int | None = None  # torch.set_num_threads(N); None keeps the process's count (the CLI sets it first)
 
     def hyper_parameters(self) -> dict[str, Any]:
         """JSON-able summary stored in the checkpoint metadata."""

@@ -99,14 +99,30 @@ def test_help_shows_defaults_one_placeholder_style_and_every_exit_code() -> None
     result = _invoke("upscale", "-h")
     text = result.stdout
     assert result.exit_code == 0
+    assert "hat-cli[ray]" in text and "\\[" not in text
     assert not re.search(r"<(bool|int|str|path|float|list)", text), text
     assert "-t, --tile N|auto" in text and "[default: auto]" in text
     assert "-r, --recursive  " in text  # a flag: no placeholder after it
     for code, meaning in EXIT_CODES.items():
         assert re.search(rf"^\s*{code}\s+{re.escape(meaning)}", text, re.M), (code, text)
-    for command in ("bench", "train", "lam", "models list", "models path"):
+    for command in (
+        "upscale",
+        "bench",
+        "train",
+        "lam",
+        "models list",
+        "models path",
+        "models import",
+        "models download",
+    ):
         help_text = _invoke(*command.split(), "-h").stdout
         assert not re.search(r"<(bool|int|str|path|float|list|dir|file)", help_text), (command, help_text)
+        # One style: upper-case words or a|b choices, never Click's type names or [a|b] brackets.
+        assert not re.search(r"--[a-z-]+ (TEXT|INTEGER|FLOAT|BOOLEAN)\b|--[a-z-]+ \[\w+\|", help_text), (
+            command,
+            help_text,
+        )
+        assert "\\[" not in help_text  # rich markup escapes are not shown (markup is off)
         assert "{NAME}" not in help_text and "{image}" not in help_text
 
 
@@ -354,6 +370,22 @@ def test_threads_option_sets_torch_threads(tmp_path: Path, offline: Path, keep_t
     assert result.exit_code == 0 and "CPU threads: 1 (--threads)" in result.stderr
     assert torch.get_num_threads() == 1
     assert _invoke("upscale", _image(tmp_path), "--threads", "0").exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["upscale", "bench", "lam", "train"])
+def test_every_command_running_a_network_takes_threads(command: str) -> None:
+    result = _invoke(command, "--help")
+    assert result.exit_code == 0 and "--threads N" in result.stdout
+
+
+def test_lam_threads_sets_torch_threads(tmp_path: Path, offline: Path, keep_threads) -> None:
+    torch.set_num_threads(2)
+    image = _image(tmp_path, size=(12, 12))
+    result = _invoke(
+        "lam", image, "-m", "hat-tiny", "-s", "4", "--at", "8,8", "--steps", "2", "--threads", "1", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert torch.get_num_threads() == 1
 
 
 def test_available_cpus_reads_affinity_and_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

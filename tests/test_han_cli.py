@@ -1,9 +1,10 @@
 """HAN and RCAN through every door: the loader, the Python API, `hat upscale` (whole, tiled,
-self-ensemble, batch --json), `hat bench` beside HAT, and presets imported by hand."""
+self-ensemble, batch --json), `hat bench` beside a HAT and bicubic, and presets imported by hand."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hat_cli.api import Upscaler
-from hat_cli.checkpoint import load_model
+from hat_cli.checkpoint import load_model, save_checkpoint
 from hat_cli.cli import app
+from hat_cli.model import HAT
 from hat_cli.model.rcan import HANConfig, RCANConfig
 from hat_cli.model.rcan.arch import build_network
 from hat_cli.registry import load_registry
+from tests.conftest import TINY_CONFIG
 from tests.store_server import write_registry
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "han-reference"
@@ -147,16 +150,34 @@ def test_self_ensemble_of_a_han_is_the_mean_of_the_eight_transforms(tmp_path: Pa
     torch.testing.assert_close(ensemble, torch.stack(outputs).mean(0), atol=1e-5, rtol=0)
 
 
-def test_bench_scores_a_han_beside_a_hat_and_bicubic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["han", "rcan"])
+def test_bench_scores_a_han_or_rcan_beside_a_hat_and_bicubic(tmp_path: Path, arch: str) -> None:
+    scale = TINY[arch].scale
     hr = tmp_path / "HR"
     hr.mkdir()
     for index in range(2):
-        _photo(hr / f"img{index}.png", 48, 56, seed=index)
-    weights = _tiny_file(tmp_path, "han")
-    result = hat("bench", "--hr", hr, "--scale", "2", "--weights", weights, "--model", "bicubic", "--json")
+        _photo(hr / f"img{index}.png", 48, 54, seed=index)
+    weights = _tiny_file(tmp_path, arch)
+    hat_config = replace(TINY_CONFIG, upscale=scale)
+    hat_file = save_checkpoint(tmp_path / f"tiny_hat_x{scale}.pth", HAT(hat_config).state_dict(), hat_config)
+    result = hat(
+        "bench",
+        "--hr",
+        hr,
+        "--scale",
+        scale,
+        "--weights",
+        weights,
+        "--weights",
+        hat_file,
+        "--model",
+        "bicubic",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert [m["model"] for m in data["models"]] == ["tiny_han.pt", "bicubic"]
+    assert [m["model"] for m in data["models"]] == [weights.name, hat_file.name, "bicubic"]
+    assert data["scale"] == scale
     assert all(len(m["images"]) == 2 and m["mean"]["psnr"] > 10 for m in data["models"])
 
 

@@ -60,13 +60,28 @@ def zero_stride(state: dict) -> dict:
     return {**state, "conv_first.weight": torch.zeros(1).expand(300000, 3, 3, 3)}
 
 
+def huge_window(state: dict) -> dict:
+    """Bias tables of a 120-pixel window (230 KB): 3.3 GB of position indices if built."""
+    heads = state["layers.0.residual_group.blocks.0.attn.relative_position_bias_table"].shape[1]
+    tables = {
+        key: torch.zeros((2 * 120 - 1) ** 2, heads)
+        for key in state
+        if key.endswith("attn.relative_position_bias_table") and ".blocks." in key
+    }
+    ocab = {
+        "layers.0.residual_group.overlap_attn.relative_position_bias_table": torch.zeros((120 + 180 - 1) ** 2, heads)
+    }
+    return {**state, **tables, **ocab}
+
+
 @pytest.mark.parametrize(
     ("attack", "expected"),
     [
         (extra_block, "blocks of residual group 0 are not numbered 0..N-1"),
         (zero_stride, "claims (300000, 3, 3, 3) over 4 bytes of storage"),
+        (huge_window, "window 120 (overlap window 180) is beyond the supported 32 (64)"),
     ],
-    ids=["200001-blocks", "zero-stride-1TB"],
+    ids=["200001-blocks", "zero-stride-1TB", "window-120-3GB"],
 )
 def test_d2_resource_bombs_end_in_one_line_in_seconds_and_little_memory(
     tmp_path: Path, state, image: Path, attack, expected: str

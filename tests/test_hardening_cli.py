@@ -1,5 +1,5 @@
 """Hardening (issue 13), the CLI: user text is never markup (D1), hostile pictures and names are
-one line with a documented exit code (D8, D16, D17, D19, D22, float TIFF), options are checked
+one line with a documented exit code (D8, D16, D17, D18, D19, D22, float TIFF), options are checked
 before work starts (D14, D20, --tile), no images found is not success, a strict or closed stdout
 ends cleanly (D10, D15), and the README's exit-code table is the code's."""
 
@@ -185,6 +185,37 @@ def test_d17_ico_output_larger_than_256_is_refused_before_upscaling(tmp_path: Pa
     assert hat("upscale", small, "-o", tmp_path / "small.ico", "--weights", weights).exit_code == EXIT_OK
     with Image.open(tmp_path / "small.ico") as ico:
         assert ico.size == (120, 200)
+
+
+# ------------------------------------------------------------------------------------------ D18
+def test_d18_o_with_a_non_image_extension_is_refused_not_made_a_folder(tmp_path: Path, weights: Path) -> None:
+    a, b = save_png(tmp_path / "a.png"), save_png(tmp_path / "b.png")
+    for inputs in ([a, b], [a]):
+        line = one_error(hat("upscale", *inputs, "-o", tmp_path / "result.txt", "--weights", weights), EXIT_USAGE)
+        assert f"-o {tmp_path / 'result.txt'}: no such folder" in line and "result.txt/" in line
+        assert not (tmp_path / "result.txt").exists()
+
+
+def test_d18_a_trailing_slash_always_means_a_folder(tmp_path: Path, weights: Path) -> None:
+    a, b = save_png(tmp_path / "a.png"), save_png(tmp_path / "b.png")
+    result = hat("upscale", a, "-o", f"{tmp_path / 'newdir.png'}/", "--weights", weights)
+    assert result.exit_code == EXIT_OK, result.output
+    assert (tmp_path / "newdir.png").is_dir() and (tmp_path / "newdir.png" / "a_x2.png").is_file()
+    result = hat("upscale", a, b, "-o", f"{tmp_path / 'result.txt'}/", "--weights", weights)
+    assert result.exit_code == EXIT_OK, result.output
+    assert sorted(p.name for p in (tmp_path / "result.txt").iterdir()) == ["a_x2.png", "b_x2.png"]
+    # a file where the slash asks for a folder is refused
+    line = one_error(hat("upscale", a, "-o", f"{a}/", "--weights", weights), EXIT_USAGE)
+    assert "is a file" in line and "must be a folder" in line
+
+
+def test_d18_existing_folders_and_extensionless_names_stay_folders(tmp_path: Path, weights: Path) -> None:
+    a = save_png(tmp_path / "a.png")
+    (tmp_path / "v1.2").mkdir()
+    assert hat("upscale", a, "-o", tmp_path / "v1.2", "--weights", weights).exit_code == EXIT_OK
+    assert (tmp_path / "v1.2" / "a_x2.png").is_file()
+    assert hat("upscale", a, "-o", tmp_path / "fresh", "--weights", weights).exit_code == EXIT_OK
+    assert (tmp_path / "fresh" / "a_x2.png").is_file()
 
 
 # ------------------------------------------------------------------------------------------ D19
@@ -375,6 +406,54 @@ def test_d15_a_full_stdout_is_one_line(tmp_path: Path, weights: Path) -> None:
     assert done.returncode == EXIT_SOME_FAILED
     assert done.stderr.decode().splitlines() == ["error: cannot write to standard output (No space left on device)"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_x2.png"]  # the output itself is fine
+
+
+FULL_STDOUT = "error: cannot write to standard output (No space left on device)"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--version"], ["-h"], ["upscale", "-h"], ["models", "-h"], ["models", "list", "-h"], ["bench", "-h"]],
+    ids=" ".join,
+)
+def test_d15_help_and_version_into_a_full_stdout_are_one_line(args: list[str]) -> None:
+    """--help and --version are written while the command line is parsed, before the command runs."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "hat_cli", *args], stdout=full, stderr=subprocess.PIPE, env=child_env(), timeout=60
+        )
+    assert (done.returncode, done.stderr.decode().splitlines()) == (EXIT_SOME_FAILED, [FULL_STDOUT])
+
+
+def test_d15_an_image_to_a_full_stdout_is_one_line(tmp_path: Path, weights: Path) -> None:
+    source = save_png(tmp_path / "a.png")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD_SLOW, "upscale", str(source), "-o", "-", "-w", str(weights), "-q"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=child_env(),
+            timeout=120,
+        )
+    assert (done.returncode, done.stderr.decode().splitlines()) == (EXIT_SOME_FAILED, [FULL_STDOUT])
+
+
+@pytest.mark.parametrize("closed", [0, 1, 2], ids=["stdin", "stdout", "stderr"])
+def test_d15_a_closed_standard_stream_is_discarded_and_the_batch_runs(
+    tmp_path: Path, weights: Path, closed: int
+) -> None:
+    """``hat ... >&-`` (or 2>&-, <&-): Python starts with that stream None; hat gives it /dev/null."""
+    for index in range(3):
+        save_png(tmp_path / "in" / f"{index}.png")
+    args = ["upscale", tmp_path / "in", "-o", tmp_path / "out", "--weights", weights, "--json"]
+    log = tmp_path / "log"
+    with open(log, "w") as sink:
+        streams = {"stdout": sink, "stderr": sink}
+        streams.pop({0: "", 1: "stdout", 2: "stderr"}[closed], None)
+        child = _child(args, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(closed), **streams)
+        assert child.wait(timeout=120) == EXIT_OK, log.read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0_x2.png", "1_x2.png", "2_x2.png"]
+    assert "internal error" not in log.read_text() and "Traceback" not in log.read_text()
 
 
 # ------------------------------------------------------------------------------ the exit codes

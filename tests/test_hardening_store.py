@@ -132,7 +132,10 @@ def test_download_failures_exit_4_not_the_usage_code(tmp_path: Path, cache: Path
     image = tmp_path / "a.png"
     image.write_bytes(b"")  # never read: the model fails first
     result = hat("upscale", image, "--model", "gone", "--registry", registry)
-    assert "could not download gone" in one_error(result, EXIT_NETWORK)
+    line = one_error(result, EXIT_NETWORK)
+    assert "could not download gone" in line and line.endswith(
+        "or use the bundled --model hat-tiny, which needs no download"
+    )
     # Several models: the batch rule, some failed -> 1, the good one is downloaded.
     result = hat("models", "download", "gone", "good", "--registry", registry)
     assert result.exit_code == EXIT_SOME_FAILED and "downloaded good" in result.stdout

@@ -29,7 +29,7 @@ from hat_cli.batch import FileResult, Job, RunOptions
 from hat_cli.cli import app
 from hat_cli.errors import ConfigError
 from hat_cli.ray import RECORD_FIELDS, UpscaleFiles, _cluster_failure, _result, describe_upscaler
-from tests._batch_images import build_tree, save_tiny_weights
+from tests._batch_images import build_tree, save_tiny_weights, write_png16
 from tests.ray_cluster import LoopbackCluster, unshare_available
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,13 +139,21 @@ def modes(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Inputs:
 
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Inputs:
-    """20 larger RGB images (a few tenths of a second each here), to act while a run is going."""
+    """20 larger images (a few tenths of a second each here), to act while a run is going: RGB,
+    RGBA, 16-bit RGB and grey in turn, so a fault mid-run meets every kind of output."""
     root = tmp_path_factory.mktemp("slow")
     folder = root / "in"
     folder.mkdir()
     rng = np.random.default_rng(1)
     for i in range(SLOW):
-        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(folder / f"s{i:02d}.png")
+        path = folder / f"s{i:02d}.png"
+        kind = i % 4
+        if kind == 2:
+            write_png16(path, rng.integers(0, 65536, (128, 128, 3), dtype=np.uint16))
+        else:
+            channels = (3, 4, 2, 1)[kind]
+            pixels = rng.integers(0, 256, (128, 128, channels), dtype=np.uint8)
+            Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
     reference = root / "ref"
     code, lines = local_run(folder, "-o", reference, "--weights", weights, *MODEL, "--json")
     assert code == 0

@@ -7,6 +7,7 @@ import ast
 import os
 import stat
 import sys
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from hat_cli.model.hat.config import ratio_for
 from tests.conftest import TINY_CONFIG
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hat_cli"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
@@ -233,8 +235,8 @@ def test_a_run_sweeps_each_output_folder_once(tmp_path: Path, monkeypatch: pytes
     assert swept == [tmp_path]
 
 
-def test_modules_import_each_other_without_cycles() -> None:
-    """The layers of docs/architecture.md: counting lazy imports too, no module needs itself back."""
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, lazy imports included (a submodule's imports are its own)."""
     names = {
         ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p for p in MODULES
     }
@@ -254,6 +256,12 @@ def test_modules_import_each_other_without_cycles() -> None:
                 if dep is not None and dep != name and not name.startswith(dep + "."):
                     found.add(dep)
         graph[name] = found
+    return graph
+
+
+def test_modules_import_each_other_without_cycles() -> None:
+    """The layers of docs/architecture.md: counting lazy imports too, no module needs itself back."""
+    graph = import_graph()
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
@@ -267,6 +275,72 @@ def test_modules_import_each_other_without_cycles() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+
+
+def documented_layers() -> dict[str, int]:
+    """``hat_cli.<module>`` -> its layer in docs/architecture.md's table (ground 0 ... top last)."""
+    layers: dict[str, int] = {}
+    level = -1
+    for line in ARCHITECTURE.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 3 or not cells[1].startswith("`"):
+            continue
+        if cells[0]:
+            level += 1
+        layers["hat_cli." + cells[1].strip("`").removesuffix(".py").removesuffix("/").replace("/", ".")] = level
+    return layers
+
+
+def layer_of(module: str, layers: dict[str, int]) -> int | None:
+    while module and module not in layers:
+        module = module.rpartition(".")[0]
+    return layers.get(module)
+
+
+def test_every_module_is_in_the_architecture_table() -> None:
+    layers = documented_layers()
+    entry_points = {"hat_cli", "hat_cli.__main__"}  # lazy attributes and ``python -m hat_cli``: above it all
+    missing = [name for name in import_graph() if name not in entry_points and layer_of(name, layers) is None]
+    assert not missing, f"add to docs/architecture.md: {missing}"
+
+
+def test_modules_import_only_their_own_or_lower_layers() -> None:
+    layers = documented_layers()
+    for name, deps in import_graph().items():
+        own = layer_of(name, layers)
+        if own is None:  # the entry points
+            continue
+        for dep in deps:
+            dep_layer = layer_of(dep, layers)
+            assert dep_layer is None or dep_layer <= own, f"{name} (layer {own}) imports {dep} (layer {dep_layer})"
+
+
+# Integer <-> float pixel arithmetic outside pixels.py: a division or product by a peak, or a
+# rounding call (the one rule is pixels.round_half_up).
+_PIXEL_ARITHMETIC = ("/255", "*255", "255*", "255.0*", "/65535", "/257", "np.round(", "np.rint(", ".round(")
+_PIXEL_EXCEPTIONS = {
+    "metrics.py": "the benchmark recipe's constants (BT.601 luma, PSNR peak, SSIM c1/c2)",
+    "lam_pictures.py": "colour maps truncated to uint8 exactly as the official LAM pictures are",
+}
+
+
+def test_pixel_conversions_live_in_the_pixel_layer() -> None:
+    for path in MODULES:
+        if path.name == "pixels.py" or path.name in _PIXEL_EXCEPTIONS:
+            continue
+        code = _code_only(path)
+        for pattern in _PIXEL_ARITHMETIC:
+            assert pattern not in code, f"{path}: {pattern!r}; use hat_cli.pixels"
+
+
+def _code_only(path: Path) -> str:
+    """A file's code without comments, string literals (docstrings quote formulas) or spaces."""
+    kept = []
+    with path.open("rb") as handle:
+        for token in tokenize.tokenize(handle.readline):
+            if token.type not in (tokenize.COMMENT, tokenize.STRING, tokenize.ENCODING):
+                kept.append(token.string)
+    return "".join(kept)
 
 
 def _imported_names(path: Path, module: str, level: int) -> list[str]:

@@ -69,6 +69,32 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+def _stdout_failed(exc: StdoutError) -> int:
+    """The exit code for a stdout that cannot be written, said once on stderr unless it was closed."""
+    _silence_stdout()
+    if exc.closed:  # `hat ... | head`: the reader has what it wanted; end like Unix tools do
+        return EXIT_STDOUT_CLOSED
+    print_error(f"cannot write to standard output ({exc})")
+    return EXIT_SOME_FAILED
+
+
+def open_closed_standard_streams() -> None:
+    """Give a standard descriptor closed by the caller (``hat ... >&-``, ``2>&-``, ``<&-``)
+    /dev/null: the command runs with that stream discarded instead of failing on its first
+    message, and no file it opens takes the number 1 or 2 (and with it, its messages)."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115  (lives as long as the process)
+
+
 def _usage_line(exc: UsageError) -> str:
     """A usage error as one line, with where to find help."""
     message = " ".join(exc.format_message().split())
@@ -116,6 +142,10 @@ class HatGroup(TyperGroup):
                 raise
             print_line("aborted")
             sys.exit(1)
+        except (StdoutError, OSError) as exc:  # --help or --version (they run before invoke) into a full disk
+            if not standalone:
+                raise
+            sys.exit(_stdout_failed(exc if isinstance(exc, StdoutError) else StdoutError(exc)))
         if not standalone:
             return result
         sys.exit(result if isinstance(result, int) else 0)
@@ -131,11 +161,7 @@ class HatGroup(TyperGroup):
             print_error(exc)
             raise typer.Exit(exc.exit_code) from None
         except StdoutError as exc:
-            _silence_stdout()
-            if exc.closed:  # `hat ... | head`: the reader has what it wanted; end like Unix tools do
-                raise typer.Exit(EXIT_STDOUT_CLOSED) from None
-            print_error(f"cannot write to standard output ({exc})")
-            raise typer.Exit(EXIT_SOME_FAILED) from None
+            raise typer.Exit(_stdout_failed(exc)) from None
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated)
             print_line("terminated" if terminated else "interrupted")
@@ -193,5 +219,6 @@ app.add_typer(_models.app, name="models")
 
 
 def main() -> None:
+    open_closed_standard_streams()
     prepare_openmp()  # before torch is imported: OpenMP threads sleep, not spin, while they wait
     app()

@@ -61,7 +61,7 @@ def bench(
         ),
     ] = None,
     channel: Annotated[
-        ChannelChoice, typer.Option("--channel", help="Score the Y (BT.601 luma) channel or RGB.")
+        ChannelChoice, typer.Option("--channel", metavar="y|rgb", help="Score the Y (BT.601 luma) channel or RGB.")
     ] = ChannelChoice.y,
     save_sr: Annotated[
         Optional[Path],  # noqa: UP045

@@ -23,7 +23,7 @@ ENGINES = ("local", "ray")
 EngineOpt = Annotated[
     str,
     typer.Option(
-        "--engine", metavar="local|ray", help="local: this process | ray: a Ray cluster (pip install 'hat-cli\\[ray]')."
+        "--engine", metavar="local|ray", help="local: this process | ray: a Ray cluster (pip install 'hat-cli[ray]')."
     ),
 ]
 RayAddressOpt = Annotated[

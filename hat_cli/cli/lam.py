@@ -37,6 +37,7 @@ from .options import (
     OfflineOpt,
     RegistryOpt,
     ScaleOpt,
+    ThreadsOpt,
     WeightsListOpt,
     model_specs,
     open_models,
@@ -115,18 +116,27 @@ def lam(
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
-            "--output", "-o", help="Folder for attribution.npy, the pictures and the strip.", show_default=False
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Folder for attribution.npy, the pictures and the strip.",
+            show_default=False,
         ),
     ] = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
     precision: Annotated[
         str,
-        typer.Option("--precision", help="fp32 (default: the reference numbers) | bf16 | fp16 | auto (bf16 on GPU)."),
+        typer.Option(
+            "--precision",
+            metavar="NAME",
+            help="fp32 (default: the reference numbers) | bf16 | fp16 | auto (bf16 on GPU).",
+        ),
     ] = "fp32",
     scale: ScaleOpt = None,
     registry: RegistryOpt = None,
     offline: OfflineOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Local Attribution Map of one SR window: hat lam photo.png --model hat-tiny --at 120,80 -o lam/.
 
@@ -135,6 +145,7 @@ def lam(
     Exit status: 0 done; 1 unreadable image, or channels the model cannot take; 2 bad option, window outside the SR image, image too small for the kernel, --model bicubic; 4 download failed.
     """
     from ..lam import Window, check_parameters  # torch: not for --help
+    from ..threads import set_threads
 
     x, y = parse_at(at)
     check_parameters(sigma, steps, kernel)
@@ -148,6 +159,7 @@ def lam(
             raise ConfigError("--model bicubic: LAM attributes a network's output; bicubic has no network")
 
     lr = _read_input(image, kernel, from_hr)  # before any model is opened (or downloaded)
+    set_threads(threads)
     upscalers = _open_models(specs, scale, registry, device, precision, offline, quiet=as_json)
     lr_picture = None
     if from_hr:

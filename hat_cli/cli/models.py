@@ -23,7 +23,7 @@ from ..store import (
     verify_checkpoint,
 )
 from .console import console, echo, one_line, print_error
-from .options import HatCommand, JsonOpt, PresetScaleOpt, QuietOpt, RegistryOpt
+from .options import HatCommand, HatSubGroup, JsonOpt, PresetScaleOpt, QuietOpt, RegistryOpt
 from .progress import download_progress
 
 NamesArg = Annotated[
@@ -34,7 +34,7 @@ NamesArg = Annotated[
 ]
 NameArg = Annotated[str, typer.Argument(help="Preset name or alias.", metavar="NAME", show_default=False)]
 
-app = typer.Typer(help="List and manage model checkpoints.", no_args_is_help=True)
+app = typer.Typer(cls=HatSubGroup, help="List and manage model checkpoints.", no_args_is_help=True)
 
 
 def _emit_json(rows: Any) -> None:
@@ -172,7 +172,9 @@ def import_(
     file: Annotated[Path, typer.Argument(help="Checkpoint fetched by hand (e.g. from Google Drive).")],
     name: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--name", "-n", help="Preset it should be; default: the preset whose sha256 matches."),
+        typer.Option(
+            "--name", "-n", metavar="NAME", help="Preset it should be; default: the preset whose sha256 matches."
+        ),
     ] = None,
     scale: PresetScaleOpt = None,
     registry: RegistryOpt = None,

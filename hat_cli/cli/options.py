@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import ConfigError
+from .console import StdoutError
 
 if TYPE_CHECKING:
     from ..upscaling import UpscalerBase
@@ -28,6 +30,24 @@ class HatCommand(TyperCommand):
                     param.display_type_rich = _no_type  # type: ignore[method-assign]
                 if hasattr(param, "_usage_display_name"):  # "{NAME}" -> "NAME", as click writes it
                     param._usage_display_name = _usage_name(param)  # type: ignore[method-assign]
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return _help_guarded(super().parse_args, ctx, args)
+
+
+class HatSubGroup(TyperGroup):
+    """A command group under ``hat`` (``hat models``): its help fails as the commands' does."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return _help_guarded(super().parse_args, ctx, args)
+
+
+def _help_guarded(parse: Callable[[typer.Context, list[str]], list[str]], ctx: typer.Context, args: list[str]):
+    """Click writes --help while parsing: a closed or full stdout then is a :class:`StdoutError`."""
+    try:
+        return parse(ctx, args)
+    except OSError as exc:
+        raise StdoutError(exc) from exc
 
 
 _PLACEHOLDERS = {"int": "N", "int range": "N", "float": "X", "float range": "X", "str": "TEXT", "list[Path]": "DIR"}
@@ -112,12 +132,20 @@ def open_models(specs: list[tuple[str, str | Path]], **upscaler_options: Any) ->
 
 ModelOpt = Annotated[
     Optional[str],  # noqa: UP045  (typer needs Optional at runtime on older versions)
-    typer.Option("--model", "-m", metavar="NAME", help="Preset name or alias (see 'hat models list'); env HAT_MODEL."),
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="NAME",
+        help="Preset name or alias (see 'hat models list'; hat-tiny is bundled), or bicubic; env HAT_MODEL.",
+    ),
 ]
 WeightsOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
-        "--weights", "-w", metavar="FILE", help="Any HAT checkpoint (.pth/.pt/.safetensors); architecture read from it."
+        "--weights",
+        "-w",
+        metavar="FILE",
+        help="Any HAT, HAN or RCAN checkpoint (.pth/.pt/.safetensors); architecture read from it.",
     ),
 ]
 # Repeatable --model/--weights (commands comparing models: use ModelOrderCommand and model_specs).
@@ -147,7 +175,7 @@ ScaleOpt = Annotated[
         "--scale",
         "-s",
         metavar="N",
-        help="The network's factor (2, 3, 4); default 4 where the model has x4, else read from --weights.",
+        help="The network's factor (2, 3, 4; HAN/RCAN 8; bicubic any); default 4 where the model has x4, else read from --weights.",
         show_default=False,
     ),
 ]

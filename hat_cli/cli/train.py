@@ -15,7 +15,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..train import TrainProgress
 from .console import err_console, print_line
-from .options import FOLDER, DeviceOpt, QuietOpt
+from .options import FOLDER, DeviceOpt, QuietOpt, ThreadsOpt
 
 DEFAULT_ARCH = "hat-tiny"
 
@@ -33,18 +33,27 @@ def train(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", "-o", help="Checkpoint to write (.pth official layout, or .safetensors).", show_default=False
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="Checkpoint to write (.pth official layout, or .safetensors).",
+            show_default=False,
         ),
     ],
     scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor (2, 3, 4).")] = 4,
     init: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--init", help="Fine-tune from this checkpoint file or preset (e.g. hat-s); arch from it."),
+        typer.Option(
+            "--init",
+            metavar="FILE|NAME",
+            help="Fine-tune from this checkpoint file or preset (e.g. hat-s); arch from it.",
+        ),
     ] = None,
     arch: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
             "--arch",
+            metavar="SPEC",
             help="Architecture of a fresh model: family/preset name and/or key=value pairs, e.g. "
             "'embed_dim=48,depths=2x3,num_heads=4x3,window_size=8' (2x3 = three groups of two blocks; "
             f"or 2/4/2). Default: {DEFAULT_ARCH}.",
@@ -62,7 +71,12 @@ def train(
         ),
     ] = 128,
     lr: Annotated[float, typer.Option("--lr", help="Peak Adam learning rate.")] = 2e-4,
-    schedule: Annotated[str, typer.Option("--schedule", help="cosine | step (halve at 50/80/90/95%).")] = "cosine",
+    schedule: Annotated[
+        str,
+        typer.Option(
+            "--schedule", metavar="cosine|step", help="Learning-rate decay: cosine, or step (halve at 50/80/90/95%)."
+        ),
+    ] = "cosine",
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Linear warm-up iterations.")] = 0,
     ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay of the saved weights.")] = 0.999,
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, patch sampling and augmentation.")] = 0,
@@ -79,10 +93,7 @@ def train(
         typer.Option("--resume", help="Continue from a <out>.state.pth written by an earlier run.", dir_okay=False),
     ] = None,
     device: DeviceOpt = "auto",
-    threads: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--threads", min=1, help="CPU threads for torch (1 is fastest on a busy machine)."),
-    ] = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train or fine-tune a HAT on HR images (L1, Adam, EMA; LR made with MATLAB bicubic).
@@ -90,6 +101,7 @@ def train(
     Writes --out (official params_ema/params layout, loadable by every hat command) and, next to it, <stem>.state.pth to resume. Ctrl-C saves both before exiting.
     """
     from ..api import resolve_device  # torch and the trainer load only when the command runs
+    from ..threads import set_threads
     from ..train import TrainOptions, check_outputs, parse_arch, state_path_for
     from ..train import train as run_training
 
@@ -119,7 +131,7 @@ def train(
         save_every=save_every,
         resume=resume,
         device=str(resolve_device(device)),
-        threads=threads,
+        threads=set_threads(threads),  # default: the cores this process may use, as every command
     )
     progress, on_progress = _display(iters, quiet)
     try:

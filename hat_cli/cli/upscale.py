@@ -49,7 +49,16 @@ from ..outscale import OutputSize
 from ..samples import sample_path
 from ..upscaling import UpscalerBase, upscaler_name
 from .cluster import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, cluster_engine
-from .console import console, echo, err_console, one_line, print_error, print_line, print_warning
+from .console import (
+    StdoutError,
+    console,
+    echo,
+    err_console,
+    one_line,
+    print_error,
+    print_line,
+    print_warning,
+)
 from .options import (
     CompileOpt,
     ConvScaleOpt,
@@ -221,12 +230,12 @@ def upscale(
         ),
     ] = None,
     output: Annotated[
-        Optional[Path],  # noqa: UP045
+        Optional[str],  # noqa: UP045  (a string: a trailing '/' says "folder", which Path drops)
         typer.Option(
             "--output",
             "-o",
             metavar="PATH",
-            help="Output folder (mirrors input folders' trees), or a file for a single input, or '-' for stdout; default: beside each input (--sample: the current folder).",
+            help="Output folder (mirrors input folders' trees; a trailing / always means a folder), or a file for a single input (an image extension), or '-' for stdout; default: beside each input (--sample: the current folder).",
             show_default=False,
         ),
     ] = None,
@@ -329,7 +338,7 @@ def upscale(
     started = time.perf_counter()
     # Damaged files make Pillow warn as well as fail; the failure is reported as one line already.
     warnings.filterwarnings("ignore", module=r"PIL\.")
-    to_stdout = output is not None and str(output) == STDIO
+    to_stdout = output == STDIO
     reporter = Reporter(as_json, quiet, None, lines_to_stderr=to_stdout)
     try:
         with ExitStack() as stack:
@@ -384,13 +393,16 @@ class _Request:
     def __init__(
         self,
         inputs: list[Path] | None,
-        output: Path | None,
+        output_arg: str | None,
         sample: bool,
         from_list: Path | None,
         to_stdout: bool,
         stack: ExitStack,
     ) -> None:
         paths = list(inputs or [])
+        output = None if output_arg is None else Path(output_arg)
+        # "-o name/" is a folder whatever its name looks like (Path("name/") forgets the slash).
+        self.output_is_folder = output_arg is not None and output_arg.endswith(("/", os.sep))
         if from_list is not None:
             paths += _read_from_list(from_list)
         if sample:
@@ -447,8 +459,8 @@ class _Request:
         try:
             sys.stdout.buffer.write(self.stdout_file.read_bytes())
             sys.stdout.flush()
-        except BrokenPipeError:  # the reader went away: nothing more to say
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError as exc:  # a closed pipe ends quietly, a full disk is one line (the error boundary)
+            raise StdoutError(exc) from exc
 
 
 def _device(device: str, gpu: int | None) -> str:
@@ -470,7 +482,9 @@ def _upscale(request: _Request, reporter: Reporter, **options) -> int:
     request.stdout_format(o["output_format"])
     reporter.names = request.names
     paths, output = request.paths, request.output
-    plan = _output_plan(output, paths, o["name"], o["output_format"], o["overwrite"], o["skip_existing"])
+    plan = _output_plan(
+        output, request.output_is_folder, paths, o["name"], o["output_format"], o["overwrite"], o["skip_existing"]
+    )
     found = find_inputs(paths, o["recursive"], o["glob"], exclude=None if plan.output_is_file else output)
     _note_skipped_folders(found.subfolders_skipped, reporter)
 
@@ -560,20 +574,25 @@ def _note_skipped_folders(skipped: dict[Path, int], reporter: Reporter) -> None:
 
 
 def _output_plan(
-    output: Path | None, paths: list[Path], name: str, output_format: str, overwrite: bool, skip_existing: bool
+    output: Path | None,
+    folder_named: bool,
+    paths: list[Path],
+    name: str,
+    output_format: str,
+    overwrite: bool,
+    skip_existing: bool,
 ) -> OutputPlan:
-    """Where outputs go: ``-o`` is a file only for one input file and a name with an image extension."""
+    """Where outputs go: ``-o`` is a file only for one input file and a name with an image extension
+    (``folder_named``: the argument ended in ``/``, a folder whatever its name)."""
     several = len(paths) > 1 or any(p.is_dir() for p in paths)
-    if output is not None and several:
-        if output.exists() and not output.is_dir():
-            raise ConfigError(f"-o {output}: is a file; with several inputs, -o must be a folder")
-        if not output.exists() and format_for_suffix(output.suffix) is not None:
-            raise ConfigError(
-                f"-o {output}: looks like an image file, but several inputs need a folder "
-                f"(give a folder name without an image extension)"
-            )
+    if output is not None:
+        _check_output_arg(output, folder_named, several)
     output_is_file = (
-        output is not None and not several and not output.is_dir() and format_for_suffix(output.suffix) is not None
+        output is not None
+        and not several
+        and not folder_named
+        and not output.is_dir()
+        and format_for_suffix(output.suffix) is not None
     )
     return OutputPlan(
         output=output,
@@ -583,6 +602,24 @@ def _output_plan(
         skip_existing=skip_existing,
         output_is_file=output_is_file,
     )
+
+
+def _check_output_arg(output: Path, folder_named: bool, several: bool) -> None:
+    """Refuse an ``-o`` that would silently become something other than what its name says (D18)."""
+    if output.exists() and not output.is_dir() and (several or folder_named):
+        raise ConfigError(f"-o {output}: is a file; {'with several inputs, ' if several else ''}-o must be a folder")
+    if output.exists() or folder_named or not output.suffix:
+        return
+    if format_for_suffix(output.suffix) is None:
+        raise ConfigError(
+            f"-o {output}: no such folder, and {output.suffix} is not an image extension: "
+            f"write -o {output}/ for a new folder of that name, or use .png, .jpg, .webp or .tiff for a file"
+        )
+    if several:
+        raise ConfigError(
+            f"-o {output}: looks like an image file, but several inputs need a folder "
+            f"(give a folder name without an image extension, or end it with /)"
+        )
 
 
 def _attach(upscaler: UpscalerBase, reporter: Reporter, progress: Progress | None, verbose: bool) -> None:

@@ -20,6 +20,10 @@ OFFICIAL_IMG_RANGE = 1.0
 BODY_VALUES_PER_CHANNEL = 20.0
 UPSAMPLER_COPIES = 2.2
 SCORE_COPIES = 1.0
+# Window sides a checkpoint may ask for. The position-index buffers grow as ws^2 x ows^2: a 230 KB
+# bias table declaring a 120-pixel window would build 3 GB of indices. Official HATs use 16.
+MAX_WINDOW_SIZE = 32
+MAX_OVERLAP_WINDOW_SIZE = 2 * MAX_WINDOW_SIZE
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,11 @@ class HATConfig:
         for name in ("compress_ratio", "squeeze_factor"):
             if getattr(self, name) > self.embed_dim:
                 raise ValueError(f"{name} {getattr(self, name)} leaves no channels of embed_dim {self.embed_dim}")
+        if self.window_size > MAX_WINDOW_SIZE or self.overlap_window_size > MAX_OVERLAP_WINDOW_SIZE:
+            raise ValueError(
+                f"window {self.window_size} (overlap window {self.overlap_window_size}) is beyond the "
+                f"supported {MAX_WINDOW_SIZE} ({MAX_OVERLAP_WINDOW_SIZE}); official HATs use 16 (24)"
+            )
         if self.resi_connection not in ("1conv", "identity"):
             raise ValueError(f"resi_connection {self.resi_connection!r}: use '1conv' or 'identity'")
 
