@@ -22,12 +22,22 @@ import numpy as np
 from PIL import Image
 
 from .atomic import TempFiles
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ConfigError, HatError, OutputExists, first_line
+from .errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    ConfigError,
+    HatError,
+    InputImageError,
+    OutputExists,
+    first_line,
+)
 from .imagefiles import FolderKey, resolved, scan_folder
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     Picture,
     check_writable,
+    counted_pixels,
     format_for_suffix,
     read_picture,
     write_picture,
@@ -477,6 +487,7 @@ def upscale_job(
 ) -> tuple[Picture | None, str | None]:
     try:
         final = (options.size or OutputSize()).plan(picture.height, picture.width, upscaler.scale)
+        _check_output_pixels(job, picture, final.height, final.width, options.max_pixels * upscaler.scale**2)
         check_writable(picture, job.output, (final.height, final.width))  # the output's size, before the work
     except HatError as exc:
         return None, str(exc)
@@ -487,6 +498,16 @@ def upscale_job(
     except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of device memory
         reason = first_line(exc)
         return None, f"{job.source}: upscaling failed ({reason})"
+
+
+def _check_output_pixels(job: Job, picture: Picture, height: int, width: int, limit: int) -> None:
+    """--outscale/--width/--height may not ask for more than the network may make from the largest
+    input (--max-pixels x scale^2): checked before the work, not when the memory runs out."""
+    if counted_pixels(width, height, len(picture.frames)) > limit:
+        raise InputImageError(
+            f"{job.source}: the output would be {width}x{height}, over the {limit:,}-pixel output limit "
+            "(--max-pixels x scale^2): lower --outscale/--width/--height or raise --max-pixels"
+        )
 
 
 def write_job(job: Job, picture: Picture, options: RunOptions, temps: TempFiles | None = None) -> str | None:

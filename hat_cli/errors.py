@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 # Exit codes shared by every command (documented in the README).
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -12,22 +14,33 @@ EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
 EXIT_STDOUT_CLOSED = 141  # standard output closed under us (`| head`): 128 + SIGPIPE, as Unix tools
 EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, CI cancel): 128 + 15
 
-# What each exit code means: the one definition that help texts are generated from.
+# What each exit code means: the one definition (help texts are made from it; the README's table
+# says the same, a test checks).
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "everything succeeded (outputs skipped with --skip-existing count as success)",
-    EXIT_SOME_FAILED: "some inputs failed (unreadable image, output not writable), or no image was found",
-    EXIT_USAGE: "usage or configuration error (bad option, unknown model, bad or unsafe checkpoint, Ray cluster unusable)",
+    EXIT_SOME_FAILED: "some inputs failed (unreadable or too large image, output not writable, non-finite model "
+    "output), no image found in the inputs, some of several models failed to download, or standard output not "
+    "writable (e.g. a full disk)",
+    EXIT_USAGE: "usage or configuration error (bad option, unknown model, bad registry, bad or unsafe checkpoint, "
+    "model not cached while offline, a bench or train folder without images), or a Ray cluster that cannot run "
+    "the job (--engine ray: cannot connect, too small for the workers, workers that cannot start)",
     EXIT_INTERNAL: "internal error (a bug: please report it; HAT_DEBUG=1 shows the traceback)",
-    EXIT_NETWORK: "download failed (every mirror failed, or the bytes were not the registry's file)",
+    EXIT_NETWORK: "download failed (every mirror failed, the bytes were not the registry's file, or the cache disk "
+    "is full)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
-    EXIT_STDOUT_CLOSED: "standard output closed by its reader (| head): stops quietly",
-    EXIT_TERMINATED: "terminated (SIGTERM): stops at once, temporary files removed",
+    EXIT_STDOUT_CLOSED: "standard output closed by its reader (hat ... | head): stops quietly, like other Unix "
+    "tools; outputs already written are complete",
+    EXIT_TERMINATED: "terminated (SIGTERM): stops at once, temporary files removed, summary printed; hat train "
+    "saves its checkpoint first",
 }
 
 
-def exit_code_table() -> str:
-    """``code  meaning`` lines, one per exit code (for ``--help``)."""
-    return "\n".join(f"{code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+def exit_code_table(width: int = 96) -> str:
+    """``code  meaning`` per exit code, wrapped under the meaning (for ``--help``)."""
+    return "\n".join(
+        textwrap.fill(meaning, width, initial_indent=f"{code:>3}  ", subsequent_indent=" " * 5)
+        for code, meaning in EXIT_CODES.items()
+    )
 
 
 def first_line(exc: BaseException) -> str:

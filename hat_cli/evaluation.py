@@ -68,7 +68,7 @@ import numpy as np
 
 from .atomic import write_bytes
 from .baseline import Model, check_scale, make_lr
-from .errors import ConfigError, InputImageError, OutputError
+from .errors import ConfigError, DeviceOutOfMemory, InputImageError, NonFiniteOutput, OutputError
 from .imagefiles import list_images, read_rgb8
 from .imageio import DEFAULT_MAX_PIXELS, image_size, save_png
 from .metrics import Channel, mod_crop, psnr, ssim
@@ -80,6 +80,7 @@ __all__ = [
     "ImagePair",
     "ImageScore",
     "MeanScores",
+    "ModelFailure",
     "ModelResult",
     "PairFailure",
     "Pairing",
@@ -310,16 +311,28 @@ class PairFailure:
 
 
 @dataclass
+class ModelFailure:
+    """A model that failed on an image (non-finite output, out of memory) and was left out of the
+    results, so every column scores the same images: ``error`` names the model and the image."""
+
+    model: str
+    image: str
+    error: str
+
+
+@dataclass
 class BenchResult:
     """Everything :func:`run_bench` measured; ``dataclasses.asdict`` gives the JSON shape.
 
     ``{"scale", "models": [{"model", "mean": {"psnr", "ssim"}, "images": [{"name", "psnr", "ssim",
-    "seconds"}], "seconds_total", "megapixels_per_second"}], "failures": [{"name", "error"}]}``
+    "seconds"}], "seconds_total", "megapixels_per_second"}], "failures": [{"name", "error"}],
+    "model_failures": [{"model", "image", "error"}]}``
     """
 
     scale: int
     models: list[ModelResult]
     failures: list[PairFailure] = field(default_factory=list)  # pairs not scored (keep_going)
+    model_failures: list[ModelFailure] = field(default_factory=list)  # models left out (keep_going)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict/list/str/float tree (``inf`` PSNR of a perfect image stays ``float('inf')``)."""
@@ -346,7 +359,7 @@ CSV_COLUMNS = ("scale", "model", "image", "psnr", "ssim", "seconds")
 def write_csv(result: BenchResult, dest: PathLike | TextIO) -> None:
     """One row per (model, image): ``scale,model,image,psnr,ssim,seconds`` with a header.
 
-    ``dest`` is a path (replaced atomically: never a half-written file) or an open text file.
+    ``dest`` is a path (UTF-8, replaced atomically: never a half-written file) or an open text file.
     Floats keep full precision; a perfect image's PSNR is written as ``inf``.
     """
     if hasattr(dest, "write"):
@@ -354,7 +367,9 @@ def write_csv(result: BenchResult, dest: PathLike | TextIO) -> None:
         return
     buffer = io.StringIO(newline="")
     _write_csv_rows(result, buffer)
-    write_bytes(Path(dest), buffer.getvalue().encode("utf-8"))
+    # An undecodable file-name byte (os.fsdecode's surrogate) is written back as that byte, as the
+    # JSON output keeps it ("\udcff"): the name in the CSV is the file's own.
+    write_bytes(Path(dest), buffer.getvalue().encode("utf-8", "surrogateescape"))
 
 
 def _write_csv_rows(result: BenchResult, fh: TextIO) -> None:
@@ -443,7 +458,9 @@ def run_bench(
             (model name with unsafe characters replaced by ``_``).
         progress: called as ``progress(model_name, image_score)`` after each scored image.
         keep_going: a pair that cannot be read or scored is recorded in
-            :attr:`BenchResult.failures` and the rest are scored; otherwise it is raised.
+            :attr:`BenchResult.failures` and the rest are scored, and a model that fails on an image
+            (non-finite output, out of memory) in :attr:`BenchResult.model_failures`, its column left
+            out; otherwise either is raised.
         max_pixels: refuse images larger than this (decompression bombs).
 
     Every pair is checked with :func:`check_pairs` (file headers only) before any model runs, so a
@@ -460,7 +477,7 @@ def run_bench(
     if failed and not keep_going:
         raise failed[0][1]
     failures = [PairFailure(pair.name, str(error)) for pair, error in failed]
-    scorer = _Scorer(scale, models, border, channel, save_sr_dir, progress)
+    scorer = _Scorer(scale, models, border, channel, save_sr_dir, progress, keep_going)
     for pair in pairs:
         try:
             scorer.score(pair, *load_pair(pair, scale, max_pixels))
@@ -468,7 +485,9 @@ def run_bench(
             if not keep_going:
                 raise
             failures.append(PairFailure(pair.name, str(exc)))
-    return BenchResult(scale=scale, models=scorer.results(), failures=failures)
+    return BenchResult(
+        scale=scale, models=scorer.results(), failures=failures, model_failures=list(scorer.failed_models.values())
+    )
 
 
 def _check_options(
@@ -499,18 +518,29 @@ class _Scorer:
         channel: Channel,
         save_sr_dir: PathLike | None,
         progress: Callable[[str, ImageScore], None] | None,
+        keep_going: bool = False,
     ) -> None:
         self.scale, self.models, self.border, self.channel, self.progress = scale, models, border, channel, progress
         self.out_root = Path(save_sr_dir) if save_sr_dir is not None else None
         self.scores: dict[str, list[ImageScore]] = {name: [] for name in models}
         self.megapixels = 0.0
+        self.keep_going = keep_going
+        self.failed_models: dict[str, ModelFailure] = {}
 
     def score(self, pair: ImagePair, hr: np.ndarray, lr: np.ndarray) -> None:
         """Every model on one pair. All models are scored before any score is kept, so a pair that
         fails part-way (too small to score) leaves the columns aligned."""
         lr_rgb = np.ascontiguousarray(grey_to_rgb(lr))
         hw = (hr.shape[0], hr.shape[1])
-        scored = [(name, self._one(name, pair, hr, lr_rgb, hw)) for name in self.models]
+        scored = []
+        for name in [name for name in self.models if name not in self.failed_models]:
+            try:
+                scored.append((name, self._one(name, pair, hr, lr_rgb, hw)))
+            except (NonFiniteOutput, DeviceOutOfMemory) as exc:  # the model's fault, not the pair's
+                if not self.keep_going:
+                    raise
+                message = f"{name} on {pair.name}: {exc}; {name} is left out of the results"
+                self.failed_models[name] = ModelFailure(name, pair.name, message)
         self.megapixels += hw[0] * hw[1] / 1e6
         for name, score in scored:
             self.scores[name].append(score)
@@ -535,8 +565,11 @@ class _Scorer:
             raise InputImageError(f"{pair.name}: cannot score ({exc})") from exc
 
     def results(self) -> list[ModelResult]:
+        """One result per model that scored every image (a failed model's column is left out)."""
         out = []
         for name, images in self.scores.items():
+            if name in self.failed_models:
+                continue
             total = float(sum(s.seconds for s in images))
             out.append(
                 ModelResult(

@@ -11,6 +11,7 @@ decoded by pypng and encoded here (numpy + zlib), 16-bit TIFFs go through tifffi
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -46,6 +47,9 @@ DEFAULT_QUALITY = 95
 # The largest side each format holds: beyond it Pillow fails after the work, or (ICO) silently
 # stores a smaller copy.
 _MAX_SIDE = {"ICO": 256, "WEBP": 16383, "JPEG": 65535, "GIF": 65535}
+# Writers that store fixed sizes, not the image's own (ICNS: icon sizes 16..1024): never written,
+# so an .icns input is written as PNG and -o x.icns is refused.
+_NOT_WRITTEN = {"ICNS"}
 
 
 @dataclass
@@ -119,7 +123,7 @@ def format_for_suffix(suffix: str) -> str | None:
     """Pillow's writer name for a suffix (``.jpg`` -> ``JPEG``), or ``None`` if it cannot be written."""
     Image.init()
     fmt = Image.registered_extensions().get(suffix.lower())
-    return fmt if fmt in Image.SAVE else None
+    return fmt if fmt in Image.SAVE and fmt not in _NOT_WRITTEN else None
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -152,8 +156,8 @@ def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, i
     try:
         with Image.open(path) as image:
             width, height, frames = image.width, image.height, _frame_count(image)
-    except Image.DecompressionBombError:
-        raise over_limit(path, "image", max_pixels) from None
+    except Image.DecompressionBombError as exc:
+        raise _pillow_refused(path, exc, max_pixels) from None
     except UnidentifiedImageError:
         if not _is_tiff(path):
             raise InputImageError(f"{path}: not a recognised image (unknown format or corrupt header)") from None
@@ -184,8 +188,8 @@ def read_picture(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
             return _decode(image, path, max_pixels)
     except HatError:
         raise
-    except Image.DecompressionBombError:  # Pillow's own guard (twice our limit) fired while opening
-        raise over_limit(path, "image", max_pixels) from None
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (twice our limit) fired while opening
+        raise _pillow_refused(path, exc, max_pixels) from None
     except UnidentifiedImageError:
         if _is_tiff(path):  # Pillow has no mode for some 16-bit TIFFs (grey + alpha): tifffile does
             return _read_tiff_fallback(path, max_pixels)
@@ -197,6 +201,12 @@ def read_picture(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     except Exception as exc:  # decoders raise anything on bad data (OSError, SyntaxError, zlib.error, struct.error...)
         reason = first_line(exc)
         raise InputImageError(f"{path}: corrupt or truncated image ({reason})") from exc
+
+
+def _pillow_refused(path: Path, exc: Exception, max_pixels: int) -> InputImageError:
+    """Our limit's message for an image Pillow refused to open (it says only the pixel count)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return over_limit(path, f"{int(found[1]):,}-pixel image" if found else "image", max_pixels)
 
 
 def _allow_pillow_pixels(max_pixels: int) -> None:

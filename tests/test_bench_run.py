@@ -230,7 +230,8 @@ def test_run_bench_scores_and_json_shape(hr_dir: Path) -> None:
     assert seen == [(m, n) for n in ("im0", "im1", "im2") for m in ("bicubic", "oracle")]
 
     data = json.loads(result.to_json())
-    assert list(data) == ["scale", "models", "failures"] and data["failures"] == []
+    assert list(data) == ["scale", "models", "failures", "model_failures"]
+    assert data["failures"] == [] and data["model_failures"] == []
     assert data["scale"] == 4
     model = data["models"][0]
     assert list(model) == ["model", "mean", "images", "seconds_total", "megapixels_per_second"]

@@ -1,10 +1,12 @@
 """Hardening (issue 13), ``hat bench``: one bad pair never aborts the run (D7), two files with one
-stem are two rows and two saved images (D21), and names with markup are text (D1)."""
+stem are two rows and two saved images (D21), names with markup are text (D1), and undecodable
+names are scored and written back as they are (D10)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,15 @@ def test_d1_unpaired_warnings_show_names_as_they_are(tmp_path: Path) -> None:
     result = hat("bench", "--hr", hr, "--lr", lr, "-s", "2", "--model", "bicubic", "--json")
     assert result.exit_code == EXIT_OK, result.output
     assert result.stderr.splitlines() == ["warning: 1 HR image(s) without an LR image, skipped: [final].png"]
+
+
+def test_d10_an_undecodable_file_name_is_scored_and_kept_in_csv_and_json(tmp_path: Path) -> None:
+    hr = tmp_path / "hr"
+    _hr(hr, "ok.png")
+    Image.fromarray(gradient(16, 16)).save(os.path.join(os.fsencode(hr), b"\xff.png"))
+    result = hat("bench", "--hr", hr, "-s", "2", "--model", "bicubic", "--csv", tmp_path / "s.csv", "--json")
+    assert result.exit_code == EXIT_OK, result.output
+    names = sorted(image["name"] for image in json.loads(result.stdout)["models"][0]["images"])
+    assert names == ["ok", "\udcff"]  # JSON's escape of os.fsdecode(b"\xff"): os.fsencode gives the byte back
+    rows = (tmp_path / "s.csv").read_bytes().splitlines()
+    assert sorted(row.split(b",")[2] for row in rows[1:]) == [b"ok", b"\xff"]  # the file's own name

@@ -235,6 +235,24 @@ def test_d4_nan_weights_and_inf_bias_fail_the_file_clearly(tmp_path: Path, state
         assert not (image.parent / f"out_{weights.stem}.png").exists()
 
 
+def test_d4_a_nan_model_in_bench_is_left_out_and_the_others_are_scored(tmp_path: Path, state) -> None:
+    hr = tmp_path / "hr"
+    for index in range(2):
+        save_png(hr / f"img{index}.png", 16, 16, value=60 + 40 * index)
+    nan = save(tmp_path / "nan.pth", {k: torch.full_like(v, float("nan")) for k, v in state.items()})
+    good = save(tmp_path / "good.pth", state)
+    result = hat("bench", "--hr", hr, "-s", "2", "--weights", nan, "--weights", good, "-m", "bicubic", "--json")
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    data = json.loads(result.stdout)
+    assert [m["model"] for m in data["models"]] == ["good.pth", "bicubic"]
+    assert all(len(m["images"]) == 2 for m in data["models"])
+    [failure] = data["model_failures"]
+    assert (failure["model"], failure["image"]) == ("nan.pth", "img0")
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert line.startswith("error: nan.pth on img0: the network produced NaN or infinite values")
+    assert line.endswith("nan.pth is left out of the results")
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [

@@ -134,6 +134,52 @@ def test_d8_one_pixel_limit_and_one_message_in_upscale_and_bench(tmp_path: Path)
     )
 
 
+def test_d8_every_command_says_it_in_the_same_one_line_without_pillow_warnings(tmp_path: Path) -> None:
+    """In fresh processes (a test before may have silenced Pillow's warnings in this one)."""
+    (tmp_path / "hr").mkdir()
+    bomb = bomb_png(tmp_path / "hr" / "bomb.png")
+    huge = bomb_png(tmp_path / "huge.png", 20000, 20000)  # over twice the limit: Pillow's own guard fires
+    limit = "exceeds the 100,000,000-pixel limit (raise --max-pixels)"
+    cases = [
+        (["upscale", bomb, "-m", "bicubic", "-s", "2", "-o", tmp_path / "o.png"], f"{bomb}: 12000x12000 {limit}"),
+        (["bench", "--hr", tmp_path / "hr", "-s", "2", "-m", "bicubic", "--json"], f"{bomb}: 12000x12000 {limit}"),
+        (["lam", bomb, "-m", "hat-tiny", "-s", "4", "--at", "0,0"], f"{bomb}: 12000x12000 {limit}"),
+        (
+            ["upscale", huge, "-m", "bicubic", "-s", "2", "-o", tmp_path / "o.png"],
+            f"{huge}: 400,000,000-pixel image {limit}",
+        ),
+        (["lam", huge, "-m", "hat-tiny", "-s", "4", "--at", "0,0"], f"{huge}: 400,000,000-pixel image {limit}"),
+    ]
+    for args, message in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "hat_cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=120,
+        )
+        errors_only = [line for line in done.stderr.splitlines() if "could not be scored" not in line]
+        assert (done.returncode, errors_only) == (EXIT_SOME_FAILED, [f"error: {message}"]), (args, done.stderr)
+
+
+def test_d8_the_output_size_is_bounded_before_the_work(tmp_path: Path) -> None:
+    """--outscale/--width/--height may not ask for more than --max-pixels x scale^2 pixels."""
+    source = save_png(tmp_path / "a.png", 8, 8)
+    for flags, size in (
+        (["--height", "99999999"], "99999999x99999999"),
+        (["--outscale", "1e9"], "8000000000x8000000000"),
+    ):
+        line = one_error(hat("upscale", source, "-m", "bicubic", "-s", "2", *flags, "-o", tmp_path / "o.png"), 1)
+        assert line == (
+            f"error: {source}: the output would be {size}, over the 400,000,000-pixel output limit "
+            "(--max-pixels x scale^2): lower --outscale/--width/--height or raise --max-pixels"
+        )
+    limited = ["--max-pixels", "64", "-o", tmp_path / "o.png"]  # 8x8 in: at most 64 x 2^2 = 256 pixels out
+    assert hat("upscale", source, "-m", "bicubic", "-s", "2", "--width", "17", *limited).exit_code == EXIT_SOME_FAILED
+    assert hat("upscale", source, "-m", "bicubic", "-s", "2", "--width", "16", *limited).exit_code == EXIT_OK
+    assert temp_files(tmp_path) == []
+
+
 # ------------------------------------------------------------------------------------------ D22
 def test_d22_animation_frames_count_against_the_limit(tmp_path: Path) -> None:
     frames = [Image.new("RGB", (8, 8), (i, 255 - i, i // 2)) for i in range(200)]  # all different: none merged
@@ -185,6 +231,19 @@ def test_d17_ico_output_larger_than_256_is_refused_before_upscaling(tmp_path: Pa
     assert hat("upscale", small, "-o", tmp_path / "small.ico", "--weights", weights).exit_code == EXIT_OK
     with Image.open(tmp_path / "small.ico") as ico:
         assert ico.size == (120, 200)
+
+
+def test_d17_icns_which_stores_fixed_icon_sizes_is_never_written(tmp_path: Path, weights: Path) -> None:
+    source = save_png(tmp_path / "a.png", 24, 24)
+    line = one_error(hat("upscale", source, "-o", tmp_path / "a.icns", "--weights", weights), EXIT_USAGE)
+    assert ".icns is not an image format hat writes" in line and not (tmp_path / "a.icns").exists()
+    with Image.open(source) as image:
+        image.save(tmp_path / "icon.icns")  # an .icns input is read at its largest icon, written as PNG
+    with Image.open(tmp_path / "icon.icns") as icon:
+        width, height = icon.size
+    assert hat("upscale", tmp_path / "icon.icns", "-m", "bicubic", "-s", "2").exit_code == EXIT_OK
+    with Image.open(tmp_path / "icon_x2.png") as out:
+        assert out.format == "PNG" and out.size == (2 * width, 2 * height)
 
 
 # ------------------------------------------------------------------------------------------ D18
@@ -463,6 +522,14 @@ def test_readme_exit_code_table_is_the_code() -> None:
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
     defined = {value for name, value in vars(errors).items() if name.startswith("EXIT_") and isinstance(value, int)}
     assert documented == defined == set(errors.EXIT_CODES) == {0, 1, 2, 3, 4, 130, 141, 143}
+
+
+def test_readme_exit_code_meanings_are_the_codes_own() -> None:
+    """The README's table and ``EXIT_CODES`` (which the help shows) say the same, word for word."""
+    section = (ROOT / "README.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", section, re.MULTILINE))
+    for code, meaning in errors.EXIT_CODES.items():
+        assert rows[str(code)].replace("`", "").replace("\\|", "|") == meaning, code
 
 
 def test_every_typed_error_maps_to_a_documented_code() -> None:

@@ -336,3 +336,13 @@ def test_network_contract() -> None:
     hidden = _random_network(dataclasses.replace(TINY_RCAN, rgb_range=1.0))
     assert hidden.input_range == 1.0
     assert RCAN_FAMILY.detect(hidden.state_dict(), {"rgb_range": 1.0}).rgb_range == 1.0
+
+
+def test_rgb_range_is_read_from_the_stored_mean_shift() -> None:
+    """add_mean.bias = rgb_range * mean colour: a file trained on 0..1 is recognised without metadata."""
+    for rgb_range in (255.0, 1.0):
+        state = _random_network(dataclasses.replace(TINY_RCAN, rgb_range=rgb_range)).state_dict()
+        assert RCAN_FAMILY.detect(state, {}).rgb_range == rgb_range
+        assert RCAN_FAMILY.detect(state, {"rgb_range": 65535.0}).rgb_range == 65535.0  # metadata wins
+    state = {**state, "add_mean.bias": torch.zeros_like(state["add_mean.bias"])}  # no mean shift: the default
+    assert RCAN_FAMILY.detect(state, {}).rgb_range == 255.0

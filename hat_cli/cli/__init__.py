@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Annotated, Any
@@ -152,6 +153,9 @@ class HatGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context):
         debug = bool(os.environ.get("HAT_DEBUG"))
+        # Pillow warns about damaged or huge files (DecompressionBombWarning) as well as failing on
+        # them; every command reports such a file in one line of its own (imageio's pixel limit).
+        warnings.filterwarnings("ignore", module=r"PIL\.")
         try:
             with sigterm_as_interrupt():
                 return super().invoke(ctx)

@@ -110,17 +110,20 @@ def bench(
     )
     models: dict[str, Model] = {name: upscaler.upscale_array for name, upscaler in opened}
     result = _run(pairing, scale, models, crop_border, channel.value, save_sr, max_pixels)
-    if result.models[0].images:
+    if result.models and result.models[0].images:
         if csv_path is not None:
             write_csv(result, csv_path)
         if as_json:
             echo(result.to_json())
         else:
             _print_result(result, hr, crop_border, channel.value)
-    for failure in result.failures:
+    for failure in [*result.failures, *result.model_failures]:
         print_error(failure.error)
     if result.failures:
         print_line(f"{len(result.failures)} of {len(pairing.pairs)} image pair(s) could not be scored")
+    if result.model_failures:
+        print_line(f"{len(result.model_failures)} of {len(models)} model(s) failed and were left out")
+    if result.failures or result.model_failures:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
@@ -336,8 +335,6 @@ def upscale(
     cpus_per_worker: CpusPerWorkerOpt = None,
 ) -> None:
     started = time.perf_counter()
-    # Damaged files make Pillow warn as well as fail; the failure is reported as one line already.
-    warnings.filterwarnings("ignore", module=r"PIL\.")
     to_stdout = output == STDIO
     reporter = Reporter(as_json, quiet, None, lines_to_stderr=to_stdout)
     try:
@@ -612,7 +609,7 @@ def _check_output_arg(output: Path, folder_named: bool, several: bool) -> None:
         return
     if format_for_suffix(output.suffix) is None:
         raise ConfigError(
-            f"-o {output}: no such folder, and {output.suffix} is not an image extension: "
+            f"-o {output}: no such folder, and {output.suffix} is not an image format hat writes: "
             f"write -o {output}/ for a new folder of that name, or use .png, .jpg, .webp or .tiff for a file"
         )
     if several:

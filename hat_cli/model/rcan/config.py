@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from ..contract import NotThisFamily, finite_number, positive_int
 
 DEFAULT_RGB_RANGE = 255.0  # every official RCAN/HAN model was trained on 0..255 images
+UNIT_RANGE_MAX_MEAN = 1.5  # add_mean biases up to this mean a model trained on 0..1 (see _rgb_range)
 SCALES = (2, 3, 4, 8)
 # Sanity bounds: far above any published model, low enough that a corrupt file is refused
 # before thousands of modules are built.
@@ -264,9 +265,17 @@ def _reduction(state: Mapping[str, Any], feats: int) -> int:
     return feats // squeezed
 
 
-def _rgb_range(hidden: Mapping[str, Any]) -> float:
+def _rgb_range(state: Mapping[str, Any], hidden: Mapping[str, Any]) -> float:
+    """The pixel range the network was trained on: given (metadata), else read from ``add_mean``'s
+    bias, which is ``rgb_range * mean`` (MeanShift with unit std): the training set's mean colour
+    (0.4-0.5) on 0..255 is about 110, on 0..1 under 1. A file without a mean shift keeps 255."""
     value = hidden.get("rgb_range")
-    return DEFAULT_RGB_RANGE if value is None else finite_number("rgb_range", value)
+    if value is not None:
+        return finite_number("rgb_range", value)
+    bias = state.get("add_mean.bias")
+    readable = bias is not None and not bias.is_meta and bias.numel() > 0  # shapes-only dicts: the default
+    largest = float(bias.abs().max()) if readable else 0.0
+    return 1.0 if 0.0 < largest <= UNIT_RANGE_MAX_MEAN else DEFAULT_RGB_RANGE
 
 
 def _check_tensors(state: Mapping[str, Any], config: RCANConfig) -> None:
@@ -293,7 +302,7 @@ def _read_config(state: Mapping[str, Any], hidden: Mapping[str, Any], cls: type[
             n_resblocks=blocks,
             reduction=_reduction(state, feats),
             n_colors=colors,
-            rgb_range=_rgb_range(hidden),
+            rgb_range=_rgb_range(state, hidden),
         )
     except NotThisFamily:
         raise
