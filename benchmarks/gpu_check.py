@@ -16,6 +16,12 @@ Sections, in order (each one's failure is recorded, never fatal; ``--sections`` 
   float path rounded;
 - ``guard``: the NaN guard: a network made to return NaN in half precision (any device), and on
   CUDA a HAT that really overflows in fp16; nothing non-finite may reach the output;
+- ``rcan``: RCAN and HAN x4 (official sizes, random weights, HAN's attention gammas set) through
+  ``Upscaler`` against a CPU fp32 reference, fp32 and bf16, whole, tiled and with batched tiles:
+  max error (fp32), PSNR (bf16), non-finite outputs;
+- ``lam``: LAM (``hat_cli.lam.attribute``, what ``hat lam`` runs) of a tiny HAT and a tiny HAN in
+  fp32 on the device against the CPU: attribution (max error over its max), diffusion index, and
+  path steps per second (warm);
 - ``speed``: HAT-L, HAT, HAT-S x4 on 256^2 and 512^2, ours vs spandrel (same weights, same process,
   alternating, warm), fp32 (TF32 off) and bf16 (autocast): ms per image, input MP/s, share of the
   bf16 dense peak from the counted multiply-adds; then the user path (``Upscaler.upscale_array``
@@ -86,7 +92,11 @@ from hat_models import (
 from hat_cli import tiling
 from hat_cli.api import Upscaler
 from hat_cli.checkpoint import load_model
+from hat_cli.lam import DEFAULT_KERNEL, DEFAULT_SIGMA, DEFAULT_WINDOW, Window, attribute
 from hat_cli.model import HAT, HATConfig, layers
+from hat_cli.model.rcan import HANConfig, RCANConfig
+from hat_cli.model.rcan.arch import HAN, RCAN, build_network
+from hat_cli.model.rcan.config import upsampler_stages
 from hat_cli.pixels import quantize, to_tensor
 from hat_cli.tiling import RunReport, TileEngine, make_plan
 
@@ -108,6 +118,8 @@ PSNR_GOAL = 45.0  # dB, half precision vs fp32 (the issue's goal)
 OOM_PSNR = 40.0  # dB, a run tiled by out-of-memory halving vs the untiled run
 OOM_SHARE = 0.3  # memory allowed above the weights in the oom section, as a share of the whole forward's
 FIXTURE_FP32_TOL = 1e-5
+LAM_TOL = 1e-4  # max abs error of the device's LAM attribution over the CPU one's max abs value
+LAM_DI_TOL = 0.01  # diffusion index, device vs CPU (the reference fixtures' tolerance)
 MIB = 2**20
 
 
@@ -130,6 +142,10 @@ class Sizes:
     repeats: int
     matmul: int  # side of the peak-rate matmul
     fp32_tol: float  # max abs error of fp32 rows vs the CPU reference
+    rcan: dict[str, RCANConfig]  # the rcan section's networks (on the correctness image and tiles)
+    lam_models: dict[str, HATConfig | RCANConfig]
+    lam_side: int  # square LR image of the LAM rows
+    lam_steps: int  # path steps (the official LAM: 50)
 
 
 def official(name: str) -> HATConfig:
@@ -150,6 +166,12 @@ def tiny(embed: int, depths: tuple[int, ...], heads: int, compress: int, squeeze
     )
 
 
+# Tiny x4 networks for LAM (on a GPU too: the point is the gradient path on the device, not its speed).
+LAM_MODELS: dict[str, HATConfig | RCANConfig] = {
+    "hat (tiny)": tiny(30, (1, 1), 3, 3, 30),
+    "han (tiny)": HANConfig(scale=4, n_feats=16, n_resgroups=3, n_resblocks=2, reduction=4),
+}
+
 GPU = Sizes(
     models={name: official(name) for name in ("hat-l", "hat", "hat-s")},
     correctness_hw=(96, 128),
@@ -166,6 +188,10 @@ GPU = Sizes(
     repeats=3,
     matmul=8192,
     fp32_tol=1e-4,
+    rcan={"han": HANConfig(scale=4), "rcan": RCANConfig(scale=4)},  # the official x4 sizes (64 feats, 10x20)
+    lam_models=LAM_MODELS,
+    lam_side=48,
+    lam_steps=50,
 )
 SMOKE = Sizes(
     models={
@@ -187,6 +213,13 @@ SMOKE = Sizes(
     repeats=1,
     matmul=256,
     fp32_tol=1e-5,
+    rcan={
+        "han": HANConfig(scale=4, n_feats=8, n_resgroups=3, n_resblocks=2, reduction=2),
+        "rcan": RCANConfig(scale=4, n_feats=8, n_resgroups=3, n_resblocks=2, reduction=2),
+    },
+    lam_models=LAM_MODELS,
+    lam_side=16,
+    lam_steps=4,
 )
 
 
@@ -347,6 +380,39 @@ def random_hat(config: HATConfig, seed: int = 0) -> HAT:
         if "relative_position_bias_table" in name:
             param.data.normal_(0, 1)
     return model
+
+
+def random_rcan(config: RCANConfig, seed: int = 0) -> RCAN:
+    """Random weights (torch's initialisation); HAN's zero-initialised attention gammas set (layer
+    attention 0.5, channel-spatial 0.8, as in tests/test_rcan_han.py) so that both attentions count."""
+    torch.manual_seed(seed)
+    model = build_network(config)
+    if isinstance(model, HAN):
+        with torch.no_grad():
+            model.la.gamma.fill_(0.5)
+            model.csa.gamma.fill_(0.8)
+    return model.eval().requires_grad_(False)
+
+
+def rcan_gflop(config: RCANConfig, height: int, width: int) -> float:
+    """2 x the multiply-adds of one RCAN/HAN forward: every conv at its resolution (from the
+    parameter shapes), HAN's banded channel-spatial conv and its layer attention (energies, mixing)."""
+    areas = [1]  # pixels of each upsampler stage's input, per input pixel
+    for factor in upsampler_stages(config.scale)[:-1]:
+        areas.append(areas[-1] * factor)
+    per_pixel = 0
+    for key, shape in config.param_shapes().items():
+        if key == "csa.conv.weight":
+            per_pixel += 9 * config.n_feats**2  # run as a C -> C 3x3 conv
+        elif key.endswith(".weight"):
+            if key.startswith("tail.0."):
+                area = areas[int(key.split(".")[2]) // 2]
+            else:
+                area = config.scale**2 if key in ("tail.1.weight", "add_mean.weight") else 1
+            per_pixel += math.prod(shape) * area
+    if isinstance(config, HANConfig):
+        per_pixel += 2 * config.n_layers**2 * config.n_feats
+    return 2 * per_pixel * height * width / 1e9
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -628,6 +694,119 @@ def section_guard(check: Check) -> None:
         relative_err_vs_fp32=relative,
         **{"pass": unguarded > 0 and non_finite(out) == 0 and relative <= 1e-5},
     )
+
+
+def section_rcan(check: Check) -> None:
+    """RCAN and HAN x4 (random weights) through ``Upscaler`` on the device, fp32 and bf16, whole,
+    tiled and with batched tiles, against a CPU fp32 reference (whole, or tiled for the tiled rows:
+    the channel and layer attention see the whole input, so tiles change the result)."""
+    sizes = check.sizes
+    height, width = sizes.correctness_hw
+    array = sample_image(height, width, seed=12)
+    x = to_tensor(array)[None]
+    check.note(
+        f"image {width}x{height}, tiles {sizes.tile} overlap {sizes.overlap}; random weights, HAN's attention "
+        "gammas 0.5 (layer) and 0.8 (channel-spatial); fp32 here with TF32 off"
+    )
+    for name, config in sizes.rcan.items():
+        work = rcan_gflop(config, height, width)
+        columns = len(make_plan(height, width, config.scale, 1, sizes.tile, sizes.overlap).xs)
+        # CPU references: whole + tiled ~ 3x the image's work, at ~500 GFLOP/s (20 on the smoke's one thread).
+        check.need(4.5 * work / (500 if check.cuda else 20) + 2, f"rcan {name}")
+        model = random_rcan(config)
+        reference = copy.deepcopy(model)
+        started = time.perf_counter()
+        ref_whole = Upscaler(reference, device="cpu", precision="fp32", tile=0).upscale_tensor(x)
+        cpu = Upscaler(reference, device="cpu", precision="fp32", tile=sizes.tile, tile_overlap=sizes.overlap)
+        ref_tiled = cpu.upscale_tensor(x)
+        check.note(
+            f"{name}: {config.num_params / 1e6:.2f} M parameters, {work:.3g} GFLOP whole; CPU references "
+            f"{time.perf_counter() - started:.1f} s; output in [{ref_whole.min().item():.3f}, "
+            f"{ref_whole.max().item():.3f}], std {ref_whole.std().item():.3f}; tiled vs whole (fp32): "
+            f"{psnr(ref_tiled, ref_whole):.1f} dB"
+        )
+        del reference, cpu
+        for dtype in ("fp32", "bf16"):
+            for mode, tile, batch in (("whole", 0, None), ("tiled", sizes.tile, 1), ("batched", sizes.tile, columns)):
+                upscaler = Upscaler(
+                    model, device=check.device, precision=dtype, tile=tile, tile_overlap=sizes.overlap, tile_batch=batch
+                )
+                start = time.perf_counter()
+                out = upscaler.upscale_tensor(x)
+                seconds = time.perf_counter() - start
+                ref = ref_whole if mode == "whole" else ref_tiled
+                stats = upscaler.last_stats
+                row = dict(
+                    model=name,
+                    dtype=dtype,
+                    mode=mode,
+                    batch=stats.batch if stats else None,
+                    max_abs_err=max_err(out, ref),
+                    psnr_db=psnr(out, ref),
+                    non_finite=non_finite(out),
+                    fp32_recomputed=stats.report.fp32_fallbacks if stats else None,
+                    seconds=seconds,
+                )
+                if dtype == "fp32":
+                    row["pass"] = row["max_abs_err"] <= sizes.fp32_tol and row["non_finite"] == 0
+                else:
+                    row["pass"] = row["psnr_db"] >= PSNR_GOAL and row["non_finite"] == 0
+                check.row(**row)
+        del model
+        release(check.device)
+
+
+def section_lam(check: Check) -> None:
+    """LAM (:func:`hat_cli.lam.attribute`, what ``hat lam`` runs) in fp32 on the device against the
+    CPU: attribution, diffusion index and SR of the same path; path steps per second, warm."""
+    sizes, device = check.sizes, check.device
+    side = sizes.lam_side
+    array = sample_image(side, side, seed=13)
+    check.note(
+        f"image {side}x{side}, {sizes.lam_steps} steps, sigma {DEFAULT_SIGMA:g}, kernel {DEFAULT_KERNEL}, "
+        f"window {DEFAULT_WINDOW} at the SR centre; steps batched as lam.attribute chooses; the device is "
+        "run twice: compared (first, includes warm-up) and timed (second)"
+    )
+    for name, config in sizes.lam_models.items():
+        check.need(15.0 if check.cuda else 3.0, f"lam {name}")
+        if isinstance(config, HATConfig):
+            model: nn.Module = random_hat(config)
+            scale = config.upscale
+        else:
+            model, scale = random_rcan(config), config.scale
+        corner = (side * scale - DEFAULT_WINDOW) // 2
+        window = Window(corner, corner, DEFAULT_WINDOW)
+        kwargs: dict[str, Any] = dict(sigma=DEFAULT_SIGMA, steps=sizes.lam_steps, kernel=DEFAULT_KERNEL)
+        cpu = attribute(model, array, window, device="cpu", **kwargs)
+        on_device = copy.deepcopy(model).to(device)
+        first = attribute(on_device, array, window, device=device, **kwargs)
+        again = attribute(on_device, array, window, device=device, **kwargs)
+        peak = float(np.abs(cpu.attribution).max())
+        relative = float(np.abs(first.attribution - cpu.attribution).max()) / max(peak, 1e-30)
+        di_diff = abs(first.diffusion_index - cpu.diffusion_index)
+        bad = int((~np.isfinite(first.attribution)).sum() + (~np.isfinite(first.sr)).sum())
+        row = dict(
+            model=name,
+            image=side,
+            window=f"{window.size} at {window.x},{window.y}",
+            steps=first.steps,
+            dtype="fp32",
+            batch=again.batch,
+            attribution_rel_err=relative,
+            map_max_err=float(np.abs(first.map - cpu.map).max()),
+            sr_max_err=float(np.abs(first.sr - cpu.sr).max()),
+            di_cpu=cpu.diffusion_index,
+            di_device=first.diffusion_index,
+            di_diff=di_diff,
+            non_finite=bad,
+            steps_per_s=again.steps_per_second,
+            first_steps_per_s=first.steps_per_second,
+            cpu_steps_per_s=cpu.steps_per_second,
+        )
+        row["pass"] = relative <= LAM_TOL and di_diff <= LAM_DI_TOL and bad == 0 and peak > 0
+        check.row(**row)
+        del model, on_device
+        release(device)
 
 
 def load_spandrel(check: Check) -> str | None:
@@ -1134,6 +1313,8 @@ SECTIONS: dict[str, Callable[[Check], None]] = {
     "fixtures": section_fixtures,
     "correctness": section_correctness,
     "guard": section_guard,
+    "rcan": section_rcan,
+    "lam": section_lam,
     "speed": section_speed,
     "memory": section_memory,
     "oom": section_oom,
@@ -1183,7 +1364,7 @@ def _targets(check: Check) -> list[tuple[str, str, str]]:
             "n/a" if share is None else ("met" if share >= 25 else "NOT met"),
         )
     )
-    half = [r for name in ("fixtures", "correctness") for r in rows.get(name, []) if r.get("dtype") == "bf16"]
+    half = [r for name in ("fixtures", "correctness", "rcan") for r in rows.get(name, []) if r.get("dtype") == "bf16"]
     worst = min((r["psnr_db"] for r in half if isinstance(r.get("psnr_db"), float)), default=None)
     result.append(
         (

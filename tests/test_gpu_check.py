@@ -18,6 +18,8 @@ SECTIONS = (
     "fixtures",
     "correctness",
     "guard",
+    "rcan",
+    "lam",
     "speed",
     "memory",
     "oom",
@@ -98,6 +100,36 @@ def test_correctness_rows_meet_their_tolerances(smoke) -> None:
             assert row["batch"] > 1
             if row["dtype"] == "fp32":
                 assert row["uint8_equals_float_rounded"] is True
+
+
+def test_rcan_and_han_rows_meet_their_tolerances(smoke) -> None:
+    _, data, markdown = smoke
+    rcan = rows(data, "rcan")
+    assert {(r["model"], r["dtype"], r["mode"]) for r in rcan} == {
+        (m, d, k) for m in ("han", "rcan") for d in ("fp32", "bf16") for k in ("whole", "tiled", "batched")
+    }
+    for row in rcan:
+        assert row["pass"] and row["non_finite"] == 0, row
+        if row["dtype"] == "fp32":
+            assert row["max_abs_err"] <= 1e-5, row
+        else:
+            assert row["psnr_db"] >= 45, row
+        assert row["batch"] > 1 if row["mode"] == "batched" else row["batch"] == 1
+    notes = data["sections"]["rcan"]["notes"]
+    assert any(n.startswith("han: ") for n in notes) and any(n.startswith("rcan: ") for n in notes)
+    assert "## rcan: ok" in markdown
+
+
+def test_lam_rows_agree_with_the_cpu(smoke) -> None:
+    _, data, markdown = smoke
+    lam = rows(data, "lam")
+    assert [r["model"] for r in lam] == ["hat (tiny)", "han (tiny)"]
+    for row in lam:
+        assert row["pass"] and row["non_finite"] == 0 and row["dtype"] == "fp32", row
+        assert row["attribution_rel_err"] <= 1e-4 and row["di_diff"] <= 0.01, row
+        assert 0 < row["di_device"] < 100 and row["steps"] == 4 and row["batch"] >= 1
+        assert row["steps_per_s"] > 0 and row["cpu_steps_per_s"] > 0
+    assert "## lam: ok" in markdown
 
 
 def test_guard_oom_switch_and_compile_rows_pass(smoke) -> None:
