@@ -39,6 +39,7 @@ from .imageio import (
     check_writable,
     counted_pixels,
     format_for_suffix,
+    kept_suffix,
     read_picture,
     write_picture,
 )
@@ -256,8 +257,7 @@ def check_name_template(template: str) -> None:
 def _extension(source: Path, fmt: OutputFormat) -> str:
     if fmt != "keep":
         return fmt
-    suffix = source.suffix.lower()
-    return suffix[1:] if suffix and format_for_suffix(suffix) else "png"
+    return kept_suffix(source.suffix)[1:]
 
 
 def _target(source: Source, scale: int | str, plan: OutputPlan) -> Path:

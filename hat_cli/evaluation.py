@@ -532,8 +532,8 @@ class _Scorer:
         fails part-way (too small to score) leaves the columns aligned."""
         lr_rgb = np.ascontiguousarray(grey_to_rgb(lr))
         hw = (hr.shape[0], hr.shape[1])
-        scored = []
-        for name in [name for name in self.models if name not in self.failed_models]:
+        scored: list[tuple[str, ImageScore]] = []
+        for name in [model for model in self.models if model not in self.failed_models]:
             try:
                 scored.append((name, self._one(name, pair, hr, lr_rgb, hw)))
             except (NonFiniteOutput, DeviceOutOfMemory) as exc:  # the model's fault, not the pair's

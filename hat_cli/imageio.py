@@ -119,6 +119,13 @@ def suffix_for_bytes(data: bytes) -> str | None:
     return next((ext for ext, name in Image.registered_extensions().items() if name == fmt), None)
 
 
+def kept_suffix(suffix: str) -> str:
+    """The suffix an output of ``--format keep`` takes: the input's (lower case) where hat writes that
+    format, else ``.png`` (an ``.icns`` or ``.psd`` input, a file without a suffix)."""
+    suffix = suffix.lower()
+    return suffix if suffix and format_for_suffix(suffix) is not None else ".png"
+
+
 def format_for_suffix(suffix: str) -> str | None:
     """Pillow's writer name for a suffix (``.jpg`` -> ``JPEG``), or ``None`` if it cannot be written."""
     Image.init()

@@ -253,6 +253,16 @@ def test_d4_a_nan_model_in_bench_is_left_out_and_the_others_are_scored(tmp_path:
     assert line.endswith("nan.pth is left out of the results")
 
 
+def test_d4_a_lone_nan_model_in_bench_still_gives_json_and_csv(tmp_path: Path, state) -> None:
+    save_png(tmp_path / "hr" / "img0.png", 16, 16)
+    nan = save(tmp_path / "nan.pth", {k: torch.full_like(v, float("nan")) for k, v in state.items()})
+    result = hat("bench", "--hr", tmp_path / "hr", "-s", "2", "--weights", nan, "--json", "--csv", tmp_path / "s.csv")
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    data = json.loads(result.stdout)
+    assert data["models"] == [] and [f["model"] for f in data["model_failures"]] == ["nan.pth"]
+    assert (tmp_path / "s.csv").read_text() == "scale,model,image,psnr,ssim,seconds\n"
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [

@@ -244,6 +244,8 @@ def test_d17_icns_which_stores_fixed_icon_sizes_is_never_written(tmp_path: Path,
     assert hat("upscale", tmp_path / "icon.icns", "-m", "bicubic", "-s", "2").exit_code == EXIT_OK
     with Image.open(tmp_path / "icon_x2.png") as out:
         assert out.format == "PNG" and out.size == (2 * width, 2 * height)
+    to_stdout = hat("upscale", tmp_path / "icon.icns", "-m", "bicubic", "-s", "2", "-o", "-")  # a PNG there too
+    assert to_stdout.exit_code == EXIT_OK and to_stdout.stdout_bytes.startswith(b"\x89PNG"), to_stdout.stderr
 
 
 # ------------------------------------------------------------------------------------------ D18
@@ -263,9 +265,16 @@ def test_d18_a_trailing_slash_always_means_a_folder(tmp_path: Path, weights: Pat
     result = hat("upscale", a, b, "-o", f"{tmp_path / 'result.txt'}/", "--weights", weights)
     assert result.exit_code == EXIT_OK, result.output
     assert sorted(p.name for p in (tmp_path / "result.txt").iterdir()) == ["a_x2.png", "b_x2.png"]
-    # a file where the slash asks for a folder is refused
+    # a file where the slash asks for a folder is refused, and so is an existing file that is no image
     line = one_error(hat("upscale", a, "-o", f"{a}/", "--weights", weights), EXIT_USAGE)
     assert "is a file" in line and "must be a folder" in line
+    for existing in ("notes.txt", "README"):
+        (tmp_path / existing).write_text("keep me")
+        line = one_error(hat("upscale", a, "-o", tmp_path / existing, "--weights", weights), EXIT_USAGE)
+        assert line.endswith(
+            "is a file, and not an image hat writes: name an image (.png, .jpg, .webp, .tiff) or a folder"
+        )
+        assert (tmp_path / existing).read_text() == "keep me"
 
 
 def test_d18_existing_folders_and_extensionless_names_stay_folders(tmp_path: Path, weights: Path) -> None:
@@ -482,6 +491,19 @@ def test_d15_help_and_version_into_a_full_stdout_are_one_line(args: list[str]) -
             [sys.executable, "-m", "hat_cli", *args], stdout=full, stderr=subprocess.PIPE, env=child_env(), timeout=60
         )
     assert (done.returncode, done.stderr.decode().splitlines()) == (EXIT_SOME_FAILED, [FULL_STDOUT])
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["upscale", "-h"], ["models", "-h"]], ids=" ".join)
+def test_d15_help_and_version_into_a_closed_pipe_end_quietly_with_141(args: list[str]) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written (`hat --help | true`)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "hat_cli", *args], stdout=write, stderr=subprocess.PIPE, env=child_env(), timeout=60
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (EXIT_STDOUT_CLOSED, b"")
 
 
 def test_d15_an_image_to_a_full_stdout_is_one_line(tmp_path: Path, weights: Path) -> None:

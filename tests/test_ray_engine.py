@@ -151,7 +151,7 @@ def slow(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Inputs:
         if kind == 2:
             write_png16(path, rng.integers(0, 65536, (128, 128, 3), dtype=np.uint16))
         else:
-            channels = (3, 4, 2, 1)[kind]
+            channels = {0: 3, 1: 4, 3: 1}[kind]
             pixels = rng.integers(0, 256, (128, 128, channels), dtype=np.uint8)
             Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
     reference = root / "ref"

@@ -344,5 +344,16 @@ def test_rgb_range_is_read_from_the_stored_mean_shift() -> None:
         state = _random_network(dataclasses.replace(TINY_RCAN, rgb_range=rgb_range)).state_dict()
         assert RCAN_FAMILY.detect(state, {}).rgb_range == rgb_range
         assert RCAN_FAMILY.detect(state, {"rgb_range": 65535.0}).rgb_range == 65535.0  # metadata wins
+    # A non-unit std (weight I / std, bias rgb_range * mean / std): 0..1 with std 0.2 has biases over 2.
+    std = torch.tensor([0.2, 0.25, 0.3])
+    mean = torch.tensor([0.45, 0.44, 0.40])
+    for rgb_range in (1.0, 255.0):
+        shifted = {
+            **state,
+            "add_mean.weight": torch.diag(1 / std)[:, :, None, None],
+            "add_mean.bias": rgb_range * mean / std,
+        }
+        assert float(shifted["add_mean.bias"].max()) > 1.5 or rgb_range == 255.0
+        assert RCAN_FAMILY.detect(shifted, {}).rgb_range == rgb_range
     state = {**state, "add_mean.bias": torch.zeros_like(state["add_mean.bias"])}  # no mean shift: the default
     assert RCAN_FAMILY.detect(state, {}).rgb_range == 255.0

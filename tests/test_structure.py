@@ -317,7 +317,10 @@ def test_modules_import_only_their_own_or_lower_layers() -> None:
 
 # Integer <-> float pixel arithmetic outside pixels.py: a division or product by a peak, or a
 # rounding call (the one rule is pixels.round_half_up).
-_PIXEL_ARITHMETIC = ("/255", "*255", "255*", "255.0*", "/65535", "/257", "np.round(", "np.rint(", ".round(")
+_PIXEL_ARITHMETIC = (
+    *("/255", "*255", "255*", "255.0*", "/65535", "*65535", "65535*", "65535.0*", "/257"),
+    *("np.round(", "np.rint(", ".round("),
+)
 _PIXEL_EXCEPTIONS = {
     "metrics.py": "the benchmark recipe's constants (BT.601 luma, PSNR peak, SSIM c1/c2)",
     "lam_pictures.py": "colour maps truncated to uint8 exactly as the official LAM pictures are",
@@ -333,12 +336,16 @@ def test_pixel_conversions_live_in_the_pixel_layer() -> None:
             assert pattern not in code, f"{path}: {pattern!r}; use hat_cli.pixels"
 
 
+# Comments and literal text (an f-string's text parts are their own tokens from Python 3.12 on).
+_NOT_CODE = {tokenize.COMMENT, tokenize.STRING, tokenize.ENCODING, getattr(tokenize, "FSTRING_MIDDLE", -1)}
+
+
 def _code_only(path: Path) -> str:
     """A file's code without comments, string literals (docstrings quote formulas) or spaces."""
     kept = []
     with path.open("rb") as handle:
         for token in tokenize.tokenize(handle.readline):
-            if token.type not in (tokenize.COMMENT, tokenize.STRING, tokenize.ENCODING):
+            if token.type not in _NOT_CODE:
                 kept.append(token.string)
     return "".join(kept)
 

@@ -39,6 +39,7 @@ from ..errors import (
 from ..threads import prepare_openmp
 from ..version import __version__
 from .console import StdoutError, print_error, print_line
+from .options import guard_help
 
 
 @contextmanager
@@ -143,13 +144,18 @@ class HatGroup(TyperGroup):
                 raise
             print_line("aborted")
             sys.exit(1)
-        except (StdoutError, OSError) as exc:  # --help or --version (they run before invoke) into a full disk
+        except (
+            StdoutError
+        ) as exc:  # `hat --help` or `hat --version` (parsed before invoke) into a closed or full stdout
             if not standalone:
                 raise
-            sys.exit(_stdout_failed(exc if isinstance(exc, StdoutError) else StdoutError(exc)))
+            sys.exit(_stdout_failed(exc))
         if not standalone:
             return result
         sys.exit(result if isinstance(result, int) else 0)
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return guard_help(super().parse_args, ctx, args)
 
     def invoke(self, ctx: typer.Context):
         debug = bool(os.environ.get("HAT_DEBUG"))

@@ -110,13 +110,12 @@ def bench(
     )
     models: dict[str, Model] = {name: upscaler.upscale_array for name, upscaler in opened}
     result = _run(pairing, scale, models, crop_border, channel.value, save_sr, max_pixels)
-    if result.models and result.models[0].images:
-        if csv_path is not None:
-            write_csv(result, csv_path)
-        if as_json:
-            echo(result.to_json())
-        else:
-            _print_result(result, hr, crop_border, channel.value)
+    if csv_path is not None:
+        write_csv(result, csv_path)  # header only when nothing could be scored, as the JSON's empty lists
+    if as_json:
+        echo(result.to_json())
+    elif result.models and result.models[0].images:
+        _print_result(result, hr, crop_border, channel.value)
     for failure in [*result.failures, *result.model_failures]:
         print_error(failure.error)
     if result.failures:

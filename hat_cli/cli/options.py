@@ -32,18 +32,21 @@ class HatCommand(TyperCommand):
                     param._usage_display_name = _usage_name(param)  # type: ignore[method-assign]
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        return _help_guarded(super().parse_args, ctx, args)
+        return guard_help(super().parse_args, ctx, args)
 
 
 class HatSubGroup(TyperGroup):
     """A command group under ``hat`` (``hat models``): its help fails as the commands' does."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        return _help_guarded(super().parse_args, ctx, args)
+        return guard_help(super().parse_args, ctx, args)
 
 
-def _help_guarded(parse: Callable[[typer.Context, list[str]], list[str]], ctx: typer.Context, args: list[str]):
-    """Click writes --help while parsing: a closed or full stdout then is a :class:`StdoutError`."""
+def guard_help(
+    parse: Callable[[typer.Context, list[str]], list[str]], ctx: typer.Context, args: list[str]
+) -> list[str]:
+    """Click writes --help (and --version) while parsing, before any command runs: a closed or full
+    stdout then is a :class:`StdoutError` for the error boundary, not click's own exit 1."""
     try:
         return parse(ctx, args)
     except OSError as exc:

@@ -43,7 +43,7 @@ from ..batch import (
     run_options,
 )
 from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, HatError, Terminated, exit_code_table
-from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix, suffix_for_bytes
+from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix, kept_suffix, suffix_for_bytes
 from ..outscale import OutputSize
 from ..samples import sample_path
 from ..upscaling import UpscalerBase, upscaler_name
@@ -419,7 +419,7 @@ class _Request:
         if to_stdout:
             if len(paths) != 1 or paths[0].is_dir():
                 raise ConfigError("-o - (stdout) takes exactly one input image")
-            self.stdout_file = self.folder / f"stdout{paths[0].suffix or '.png'}"
+            self.stdout_file = self.folder / f"stdout{kept_suffix(paths[0].suffix)}"
             self.names[str(self.stdout_file)] = "<stdout>"
             output = self.stdout_file
         self.paths = paths
@@ -603,8 +603,16 @@ def _output_plan(
 
 def _check_output_arg(output: Path, folder_named: bool, several: bool) -> None:
     """Refuse an ``-o`` that would silently become something other than what its name says (D18)."""
-    if output.exists() and not output.is_dir() and (several or folder_named):
-        raise ConfigError(f"-o {output}: is a file; {'with several inputs, ' if several else ''}-o must be a folder")
+    if output.exists() and not output.is_dir():
+        if several or folder_named:
+            raise ConfigError(
+                f"-o {output}: is a file; {'with several inputs, ' if several else ''}-o must be a folder"
+            )
+        if format_for_suffix(output.suffix) is None:
+            raise ConfigError(
+                f"-o {output}: is a file, and not an image hat writes: name an image (.png, .jpg, .webp, .tiff) "
+                "or a folder"
+            )
     if output.exists() or folder_named or not output.suffix:
         return
     if format_for_suffix(output.suffix) is None:

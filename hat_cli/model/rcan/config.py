@@ -266,15 +266,20 @@ def _reduction(state: Mapping[str, Any], feats: int) -> int:
 
 
 def _rgb_range(state: Mapping[str, Any], hidden: Mapping[str, Any]) -> float:
-    """The pixel range the network was trained on: given (metadata), else read from ``add_mean``'s
-    bias, which is ``rgb_range * mean`` (MeanShift with unit std): the training set's mean colour
-    (0.4-0.5) on 0..255 is about 110, on 0..1 under 1. A file without a mean shift keeps 255."""
+    """The pixel range the network was trained on: given (metadata), else read from ``add_mean``,
+    a MeanShift (weight ``I / std``, bias ``rgb_range * mean / std``): bias over the weight's
+    diagonal is ``rgb_range`` times the training set's mean colour (0.4-0.5), about 110 on 0..255
+    and under 1 on 0..1. Without a readable mean shift (none, or shapes only): 255."""
     value = hidden.get("rgb_range")
     if value is not None:
         return finite_number("rgb_range", value)
-    bias = state.get("add_mean.bias")
-    readable = bias is not None and not bias.is_meta and bias.numel() > 0  # shapes-only dicts: the default
-    largest = float(bias.abs().max()) if readable else 0.0
+    bias, weight = state.get("add_mean.bias"), state.get("add_mean.weight")
+    if bias is None or weight is None or bias.is_meta or weight.is_meta or weight.numel() != bias.numel() ** 2:
+        return DEFAULT_RGB_RANGE
+    std_inverse = weight.reshape(bias.numel(), bias.numel()).diagonal().abs()
+    if not bias.numel() or bool((std_inverse == 0).any()):
+        return DEFAULT_RGB_RANGE
+    largest = float((bias.abs() / std_inverse).max())
     return 1.0 if 0.0 < largest <= UNIT_RANGE_MAX_MEAN else DEFAULT_RGB_RANGE
 
 
