@@ -32,7 +32,7 @@ from .errors import (
     OutputExists,
     first_line,
 )
-from .imagefiles import FolderKey, resolved, scan_folder
+from .imagefiles import FolderKey, path_kind, resolved, scan_folder
 from .imageio import (
     DEFAULT_MAX_PIXELS,
     Picture,
@@ -193,7 +193,12 @@ def find_inputs(
             sources.append(source)
 
     for path in paths:
-        if path.is_dir():
+        try:
+            kind = path_kind(path)
+        except OSError as exc:  # a name too long for the file system: that input fails, the batch goes on
+            results.append(FileResult(path, None, "failed", error=f"{path}: cannot read ({exc.strerror or exc})"))
+            continue
+        if kind == "folder":
             scan = scan_folder(path, recursive, pattern, exclude, visited)
             for image in scan.images:
                 add(Source(image, path))
@@ -203,7 +208,7 @@ def find_inputs(
             ]
             if scan.subfolders_skipped:
                 skipped[path] = scan.subfolders_skipped
-        elif path.exists() or path.is_symlink():
+        elif kind == "file":
             add(Source(path))
         else:
             results.append(FileResult(path, None, "failed", error=f"{path}: no such file or folder"))
@@ -240,9 +245,15 @@ class OutputPlan:
 def check_name_template(template: str) -> None:
     """Reject unknown fields, path separators and names without an image extension up front."""
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
     except ValueError as exc:
         raise ConfigError(f"--name {template!r}: {exc}") from exc
+    fields = [name for name, _, _ in parsed if name is not None]
+    # Plain fields only: a format spec fails on strings ({stem:d}) or pads names to any width ({stem:>99999999}).
+    if any(spec or conversion for name, spec, conversion in parsed if name is not None):
+        raise ConfigError(
+            f"--name {template!r}: fields take no format spec or conversion (write {{stem}}, not {{stem:...}})"
+        )
     unknown = [name for name in fields if name not in NAME_FIELDS]
     if unknown:
         allowed = ", ".join("{" + name + "}" for name in NAME_FIELDS)

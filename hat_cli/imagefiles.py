@@ -10,11 +10,13 @@ reported as not images.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -50,6 +52,25 @@ def resolved(path: Path) -> Path:
         return path.resolve()
     except OSError:
         return path.absolute()
+
+
+def path_kind(path: Path) -> Literal["folder", "file", "missing"]:
+    """What ``path`` names: a folder, a file (anything else that exists, a dangling symlink too) or
+    nothing. A name the system refuses (too long, ...) raises its OSError, where ``Path.is_dir()``
+    would raise it from some call sites and not others."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "file" if os.path.islink(path) else "missing"
+    return "folder" if stat.S_ISDIR(mode) else "file"
+
+
+def is_folder(path: Path) -> bool:
+    """``path`` is a folder (False for anything the system refuses to look up)."""
+    try:
+        return path_kind(path) == "folder"
+    except OSError:
+        return False
 
 
 FolderKey = tuple[int, int]  # (st_dev, st_ino): a folder, however it is reached
@@ -150,8 +171,10 @@ __all__ = [
     "FolderScan",
     "folder_key",
     "image_extensions",
+    "is_folder",
     "is_image_name",
     "list_images",
+    "path_kind",
     "read_rgb8",
     "resolved",
     "scan_folder",

@@ -47,6 +47,11 @@ DEFAULT_SIGMA = 1.2
 DEFAULT_STEPS = 50
 DEFAULT_KERNEL = 9
 DEFAULT_WINDOW = 16
+# Bounds on what a user may ask for (20x, 11x and ~800x the defaults): the path's kernels and
+# blurred inputs take about 24 * (steps + 1) * kernel^2 bytes, 250 MB at these limits.
+MAX_STEPS = 1000
+MAX_KERNEL = 101
+MAX_SIGMA = 1000.0
 KERNEL_EPSILON = 1e-5  # added to every sigma (the official isotropic_gaussian_kernel)
 GINI_EPSILON = 1e-7  # added to every value before the Gini coefficient (the official gini)
 MAX_STEP_BATCH = 64  # steps per forward/backward at most (the default path has 50)
@@ -103,13 +108,14 @@ class LamResult:
 
 
 def check_parameters(sigma: float, steps: int, kernel: int) -> None:
-    """One :class:`ConfigError` per bad path parameter."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps {steps!r}: must be an integer >= 1 (the official LAM uses 50)")
-    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-        raise ConfigError(f"kernel {kernel!r}: must be an odd integer >= 1 (the official LAM uses 9)")
-    if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0):
-        raise ConfigError(f"sigma {sigma!r}: must be a number > 0 (the official LAM uses 1.2)")
+    """One :class:`ConfigError` per bad path parameter (bounded: the path's kernels and blurred
+    inputs grow with ``steps * kernel^2``)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"steps {steps!r}: must be an integer from 1 to {MAX_STEPS} (the official LAM uses 50)")
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or not 1 <= kernel <= MAX_KERNEL or kernel % 2 == 0:
+        raise ConfigError(f"kernel {kernel!r}: must be an odd integer from 1 to {MAX_KERNEL} (the official LAM uses 9)")
+    if not (isinstance(sigma, int | float) and math.isfinite(sigma) and 0 < sigma <= MAX_SIGMA):
+        raise ConfigError(f"sigma {sigma!r}: must be a number > 0 and <= {MAX_SIGMA:g} (the official LAM uses 1.2)")
 
 
 def check_window(window: Window, sr_height: int, sr_width: int) -> None:

@@ -79,15 +79,22 @@ def default_threads() -> int:
     return available_cpus()
 
 
+def max_threads() -> int:
+    """The most ``--threads`` accepts: 4 per core of the machine (OpenMP fails, or crashes, on
+    tens of thousands)."""
+    return 4 * (os.cpu_count() or 1)
+
+
 def set_threads(threads: int | None = None) -> int:
     """Give torch ``threads`` intra-op threads (None: :func:`default_threads`); returns the number."""
     import torch
 
     count = default_threads() if threads is None else int(threads)
-    if count < 1:
-        raise ConfigError(f"--threads {count}: must be at least 1")
+    most = max_threads()
+    if not 1 <= count <= most:
+        raise ConfigError(f"--threads {count}: must be from 1 to {most} (4 per core of this machine)")
     torch.set_num_threads(count)
     return count
 
 
-__all__ = ["available_cpus", "default_threads", "prepare_openmp", "set_threads"]
+__all__ = ["available_cpus", "default_threads", "max_threads", "prepare_openmp", "set_threads"]

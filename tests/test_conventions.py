@@ -417,6 +417,8 @@ def test_default_threads_are_the_available_cores(monkeypatch: pytest.MonkeyPatch
     assert threads.set_threads() == 3 and torch.get_num_threads() == 3
     with pytest.raises(ConfigError):
         threads.set_threads(0)
+    with pytest.raises(ConfigError, match="must be from 1 to"):
+        threads.set_threads(threads.max_threads() + 1)  # 100000 crashed OpenMP (exit 139)
 
 
 def test_openmp_waits_passively_unless_the_user_chose() -> None:

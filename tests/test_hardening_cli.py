@@ -277,6 +277,28 @@ def test_d18_a_trailing_slash_always_means_a_folder(tmp_path: Path, weights: Pat
         assert (tmp_path / existing).read_text() == "keep me"
 
 
+def test_d16_names_too_long_for_the_file_system_are_one_line_and_the_batch_goes_on(
+    tmp_path: Path, weights: Path
+) -> None:
+    a = save_png(tmp_path / "a.png")
+    long_input = tmp_path / ("z" * 300 + ".png")
+    result = hat("upscale", a, long_input, "-o", tmp_path / "out", "--weights", weights)
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == [
+        f"error: {long_input}: cannot read (File name too long)"
+    ]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_x2.png"]
+    line = one_error(hat("upscale", a, "-o", tmp_path / ("o" * 300 + ".png"), "--weights", weights), EXIT_USAGE)
+    assert line.endswith("unusable name (File name too long)")
+
+
+def test_o_file_and_format_must_agree(tmp_path: Path, weights: Path) -> None:
+    a = save_png(tmp_path / "a.png")
+    line = one_error(hat("upscale", a, "-o", tmp_path / "x.jpeg", "--format", "png", "--weights", weights), EXIT_USAGE)
+    assert line.endswith("and --format png disagree: name the file .png or drop --format")
+    assert hat("upscale", a, "-o", tmp_path / "x.jpeg", "--format", "jpg", "--weights", weights).exit_code == EXIT_OK
+
+
 def test_d18_existing_folders_and_extensionless_names_stay_folders(tmp_path: Path, weights: Path) -> None:
     a = save_png(tmp_path / "a.png")
     (tmp_path / "v1.2").mkdir()

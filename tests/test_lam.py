@@ -370,10 +370,17 @@ def test_several_models_must_be_networks_of_one_scale_each_given_once(
         "same file twice": (["-w", str(tiny_checkpoint), "-w", str(tiny_checkpoint)], "given twice"),
         "bicubic among networks": (["-w", str(tiny_checkpoint), "-m", "bicubic"], "bicubic has no network"),
     }
+    bracketed = save_checkpoint(tmp_path / "m[1].pth", HAT(config).state_dict(), config)
+    underscored = save_checkpoint(tmp_path / "m_1_.pth", HAT(config).state_dict(), config)  # the same folder name
+    cases["two models, one folder"] = (
+        ["-w", str(bracketed), "-w", str(underscored), "-o", str(tmp_path / "out")],
+        "models m[1].pth, m_1_.pth would share the folder",
+    )
     for models, message in cases.values():
         result = runner.invoke(app, [*base, *models])
         assert result.exit_code == 2, result.output
         assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before any model ran
 
 
 def test_from_hr_makes_the_lr_as_lam_does(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -388,6 +395,13 @@ def test_from_hr_makes_the_lr_as_lam_does(tmp_path: Path, tiny_checkpoint: Path)
     assert result.exit_code == 0, result.output
     assert np.array_equal(np.asarray(Image.open(out / "lr.png")), np.asarray(expected))
     assert np.load(out / "attribution.npy").shape == (3, 5, 6)
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")  # smaller than the scale
+    result = runner.invoke(
+        app, ["lam", str(tmp_path / "dot.png"), "--from-hr", "-w", str(tiny_checkpoint), "--at", "0,0"]
+    )
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {tmp_path / 'dot.png'}: HR image 1x1"), (
+        result.stderr
+    )
 
 
 BAD_INPUTS = {
@@ -401,6 +415,11 @@ BAD_INPUTS = {
     "bad corner": (["--at", "1;2"], "X,Y"),
     "image too small": (["--at", "0,0", "--window", "4", "--kernel", "25"], "too small"),
     "bicubic": (["--at", "0,0", "--model", "bicubic", "--scale", "2"], "bicubic"),
+    "huge steps": (["--at", "0,0", "--steps", "99999999999999999999999"], "from 1 to 1000"),
+    "huge kernel": (["--at", "0,0", "--kernel", "1001"], "from 1 to 101"),
+    "huge sigma": (["--at", "0,0", "--sigma", "1e308"], "<= 1000"),
+    "stdout": (["--at", "0,0", "-o", "-"], "-o -: hat lam writes a folder"),
+    "long folder name": (["--at", "0,0", "-o", "d" * 300], "unusable folder name"),
 }
 
 

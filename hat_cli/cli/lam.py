@@ -149,8 +149,7 @@ def lam(
 
     x, y = parse_at(at)
     check_parameters(sigma, steps, kernel)
-    if output is not None and output.exists() and not output.is_dir():
-        raise ConfigError(f"-o {output}: exists and is not a folder")
+    _check_output(output)
     specs = model_specs(ctx, model or [], weights or [])
     if not specs:
         raise ConfigError("name a model: --model NAME or --weights FILE (repeat to compare several)")
@@ -166,6 +165,8 @@ def lam(
         lr, lr_picture = _lr_from_hr(image, lr, upscalers[0][1].scale, kernel)
     region = Window(x, y, window)
     _check_all(upscalers, lr, region)
+    if output is not None:
+        _check_folder_names(output, [name for name, _ in upscalers])
 
     analysed = [
         _analyse(name, upscaler, lr, region, sigma, steps, kernel, batch, show=not as_json)
@@ -225,11 +226,36 @@ def _read_input(path: Path, kernel: int, from_hr: bool) -> np.ndarray:
     return array
 
 
+def _check_output(output: Path | None) -> None:
+    """-o is a folder: not '-' (nothing goes to stdout here) and not an existing file."""
+    if output is None:
+        return
+    if str(output) == "-":
+        raise ConfigError("-o -: hat lam writes a folder of files; name a folder (--json prints the numbers)")
+    try:
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"-o {output}: exists and is not a folder")
+    except OSError as exc:  # a name too long for the file system, say
+        raise ConfigError(f"-o {output}: unusable folder name ({exc.strerror or exc})") from None
+
+
+def _check_folder_names(output: Path, names: list[str]) -> None:
+    """Several models write to -o/<model>/: two names that make one folder would overwrite each other."""
+    folders = [folder_name(name) for name in names]
+    if len(names) > 1 and len(set(folders)) < len(folders):
+        twice = next(folder for folder in folders if folders.count(folder) > 1)
+        clashing = [name for name, folder in zip(names, folders, strict=True) if folder == twice]
+        raise ConfigError(f"models {', '.join(clashing)} would share the folder {output / twice}: rename a file")
+
+
 def _lr_from_hr(path: Path, hr: np.ndarray, scale: int, kernel: int) -> tuple[np.ndarray, Image.Image]:
     """The LR input made from HR as LAM makes it, checked against the kernel, and its PIL image."""
     from ..lam_pictures import lr_from_hr
 
-    lr, _ = lr_from_hr(_to_pil(hr), scale)
+    try:
+        lr, _ = lr_from_hr(_to_pil(hr), scale)
+    except ImageTooSmall as exc:
+        raise ImageTooSmall(f"{path}: {exc}") from None
     array = np.asarray(lr).reshape(lr.height, lr.width, -1)
     _check_image(path, array, kernel)
     return array, lr

@@ -43,6 +43,7 @@ from ..batch import (
     run_options,
 )
 from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, HatError, Terminated, exit_code_table
+from ..imagefiles import is_folder, path_kind
 from ..imageio import DEFAULT_MAX_PIXELS, format_for_suffix, kept_suffix, suffix_for_bytes
 from ..outscale import OutputSize
 from ..samples import sample_path
@@ -417,7 +418,7 @@ class _Request:
         if any(str(p) == STDIO for p in paths):
             paths = [self._stdin_file() if str(p) == STDIO else p for p in paths]
         if to_stdout:
-            if len(paths) != 1 or paths[0].is_dir():
+            if len(paths) != 1 or is_folder(paths[0]):
                 raise ConfigError("-o - (stdout) takes exactly one input image")
             self.stdout_file = self.folder / f"stdout{kept_suffix(paths[0].suffix)}"
             self.names[str(self.stdout_file)] = "<stdout>"
@@ -581,16 +582,25 @@ def _output_plan(
 ) -> OutputPlan:
     """Where outputs go: ``-o`` is a file only for one input file and a name with an image extension
     (``folder_named``: the argument ended in ``/``, a folder whatever its name)."""
-    several = len(paths) > 1 or any(p.is_dir() for p in paths)
-    if output is not None:
-        _check_output_arg(output, folder_named, several)
+    several = len(paths) > 1 or any(is_folder(p) for p in paths)
+    kind = None if output is None else _output_kind(output)
+    if output is not None and kind is not None:  # (kind is set whenever output is)
+        _check_output_arg(output, kind, folder_named, several)
     output_is_file = (
         output is not None
         and not several
         and not folder_named
-        and not output.is_dir()
+        and kind != "folder"
         and format_for_suffix(output.suffix) is not None
     )
+    if (
+        output_is_file
+        and output_format != "keep"
+        and format_for_suffix(output.suffix) != format_for_suffix(f".{output_format}")
+    ):
+        raise ConfigError(
+            f"-o {output} and --format {output_format} disagree: name the file .{output_format} or drop --format"
+        )
     return OutputPlan(
         output=output,
         name=name,
@@ -601,9 +611,17 @@ def _output_plan(
     )
 
 
-def _check_output_arg(output: Path, folder_named: bool, several: bool) -> None:
+def _output_kind(output: Path) -> str:
+    """What -o names now: 'folder', 'file' or 'missing'; a name the system refuses is a usage error."""
+    try:
+        return path_kind(output)
+    except OSError as exc:
+        raise ConfigError(f"-o {output}: unusable name ({exc.strerror or exc})") from None
+
+
+def _check_output_arg(output: Path, kind: str, folder_named: bool, several: bool) -> None:
     """Refuse an ``-o`` that would silently become something other than what its name says (D18)."""
-    if output.exists() and not output.is_dir():
+    if kind == "file":
         if several or folder_named:
             raise ConfigError(
                 f"-o {output}: is a file; {'with several inputs, ' if several else ''}-o must be a folder"
@@ -613,7 +631,7 @@ def _check_output_arg(output: Path, folder_named: bool, several: bool) -> None:
                 f"-o {output}: is a file, and not an image hat writes: name an image (.png, .jpg, .webp, .tiff) "
                 "or a folder"
             )
-    if output.exists() or folder_named or not output.suffix:
+    if kind != "missing" or folder_named or not output.suffix:
         return
     if format_for_suffix(output.suffix) is None:
         raise ConfigError(
