@@ -146,9 +146,9 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> tuple[Any, dict[str, A
     """``(what the file holds, metadata)``: :func:`read_checkpoint`'s safe read without unwrapping
     (a training state keeps its optimiser's and scheduler's entries); weights-only, zip-bomb capped."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint file")
         safetensors = _looks_like_safetensors(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc

@@ -284,3 +284,10 @@ def test_d4_valid_hidden_values_still_work(tmp_path: Path, state, image: Path) -
     weights = save(tmp_path / "w.pth", state, {"conv_scale": 0.02, "img_range": 255})
     assert upscale(image, weights, "--conv-scale", "0.01").exit_code == 0
     assert json.loads(json.dumps(checkpoint.read_checkpoint(weights)[1])) == {"conv_scale": 0.02, "img_range": 255}
+
+
+def test_a_weights_name_too_long_for_the_file_system_is_one_line(tmp_path: Path, image: Path) -> None:
+    weights = tmp_path / ("w" * 300 + ".pth")
+    for command in (["upscale", image, "-o", tmp_path / "o.png"], ["lam", image, "--at", "0,0"]):
+        line = one_error(hat(*command, "--weights", weights), EXIT_USAGE)
+        assert line == f"error: {weights}: cannot read (File name too long)"
