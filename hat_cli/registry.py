@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,12 @@ from .model.families import family_named
 
 REGISTRY_ENV = "HAT_REGISTRY"
 SCHEMA_VERSION = 1
+# A registry is a short TOML file (the built-in weights.toml is about 15 KB): a bigger one is refused
+# before it is read, and no more than this is ever read (/dev/zero, a file that grows meanwhile).
+MAX_REGISTRY_BYTES = 1 << 20
+# Model names and file names: the cache derives <file>.<12 hex>.part, <file>.<12 hex>.lock and
+# <name>.sha256 from them, which must stay under the 255-byte name limit of common file systems.
+MAX_NAME_LENGTH = 200
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -67,16 +74,36 @@ class Preset:
         return Path(str(resources.files("hat_cli"))) / "models" / self.file
 
 
-def is_allowed_url(url: str) -> bool:
-    """https everywhere; plain http only to loopback hosts (local mirrors and tests)."""
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a mirror (``is not https ...``), or None when it can.
+
+    https everywhere; plain http only to loopback hosts (local mirrors and tests). The URL must also
+    be one a request can be made of (else urllib fails in ways no retry helps, some of them not as
+    an OSError): no spaces or control characters, a port from 0 to 65535, a host name IDNA can
+    encode (labels of 1 to 63 characters), nothing but ASCII after the host.
+    """
+    if not url.isprintable() or " " in url:
+        return "contains a space or control character (percent-encode it)"
     try:
         parsed = urlparse(url)
         hostname = parsed.hostname
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        return False
-    if parsed.scheme == "https":
-        return bool(hostname)
-    return parsed.scheme == "http" and (hostname or "") in _LOOPBACK
+        _ = parsed.port  # ValueError: not a number, or out of range
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        return f"is not a valid URL ({exc})"
+    if not (parsed.scheme == "https" and hostname) and not (parsed.scheme == "http" and hostname in _LOOPBACK):
+        return "is not https (plain http only for loopback)"
+    try:
+        hostname.encode("idna")
+    except UnicodeError:
+        return "has a host name that cannot be looked up (an empty part, or one over 63 characters)"
+    if not parsed._replace(netloc="").geturl().isascii():
+        return "has non-ASCII characters after its host (percent-encode them)"
+    return None
+
+
+def is_allowed_url(url: str) -> bool:
+    """True when ``url`` may be a mirror (see :func:`url_problem`)."""
+    return url_problem(url) is None
 
 
 class Registry:
@@ -161,7 +188,8 @@ def _strings(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
 def _urls(table: Mapping[str, Any], where: str) -> tuple[str, ...]:
     urls = _strings(table, "urls", where)
     for url in urls:
-        _check(is_allowed_url(url), where, f"URL {url!r} is not https (plain http only for loopback)")
+        problem = url_problem(url)
+        _check(problem is None, where, f"URL {_short(url, 200)} {problem}")
     return urls
 
 
@@ -170,6 +198,11 @@ def _family_tables(data: Mapping[str, Any], source: str, base: Mapping[str, dict
     for name, table in own.items():
         _check(isinstance(table, dict), source, f"[families.{name!r}] must be a table")
     return {**base, **own}
+
+
+def _short(text: str, keep: int = 40) -> str:
+    """``text``'s repr, its start only when it is long (a hostile value never floods the error line)."""
+    return repr(text) if len(text) <= keep else f"{text[:keep]!r}... ({len(text)} characters)"
 
 
 def _config(families: Mapping[str, dict], table: Mapping[str, Any], where: str) -> tuple[str, ModelConfig]:
@@ -185,19 +218,34 @@ def _config(families: Mapping[str, dict], table: Mapping[str, Any], where: str) 
         raise ConfigError(f"{where}: family {name!r}: {exc.args[0]}") from None
     overrides = {k: v for k, v in table.items() if k not in _PRESET_KEYS}
     try:
-        return arch, family.config_from_dict({**base, **overrides, "scale": table["scale"]})
+        config = family.config_from_dict({**base, **overrides, "scale": table["scale"]})
+        _ = config.num_params  # counted here: e.g. mlp_ratio = 1e308 overflows only when it is used
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: bad architecture: {exc}") from None
+    except ArithmeticError as exc:
+        raise ConfigError(f"{where}: bad architecture: a value is too large ({exc})") from None
+    return arch, config
 
 
-def _preset(name: str, table: Mapping[str, Any], source: str, families: Mapping[str, dict]) -> Preset:
-    where = f"{source}: [models.{name!r}]"
+def _preset(name: str, table: Mapping[str, Any], source: str, families: Mapping[str, dict], builtin: bool) -> Preset:
+    _check(
+        len(name) <= MAX_NAME_LENGTH,
+        source,
+        f"model name {_short(name)} is longer than {MAX_NAME_LENGTH} characters: shorten it",
+    )
     _check(bool(_SAFE_FILE.fullmatch(name)), source, f"model name {name!r} may use only letters, digits and ._+-")
+    where = f"{source}: [models.{name!r}]"
     for key in ("family", "scale", "file"):
         _check(key in table, where, f"missing required key {key!r}")
     scale = _typed(table, "scale", int, where)
     _check(scale > 0, where, f"scale must be a positive integer, not {scale!r}")
     file = _typed(table, "file", str, where)
+    _check(
+        len(file) <= MAX_NAME_LENGTH,
+        where,
+        f"file {_short(file)} is longer than {MAX_NAME_LENGTH} characters (the cache adds to it, and file "
+        f"systems refuse names over 255 bytes): shorten it",
+    )
     _check(bool(_SAFE_FILE.fullmatch(file)) and ".." not in file, where, f"file {file!r} must be a plain file name")
     sha = _typed(table, "sha256", str, where)
     if sha is not None:
@@ -207,6 +255,13 @@ def _preset(name: str, table: Mapping[str, Any], source: str, families: Mapping[
     _check(sha is not None or not urls, where, "urls need a sha256: a download that cannot be verified is never made")
     size = _typed(table, "size", int, where)
     _check(size is None or size > 0, where, "size must be a positive integer")
+    bundled = _typed(table, "bundled", bool, where, False)
+    _check(
+        builtin or not bundled,
+        where,
+        "bundled = true is for the built-in registry only (its files ship inside hat-cli): remove it, and give "
+        "the file's sha256 (and urls), or leave sha256 out and use 'hat models import'",
+    )
     arch, config = _config(families, table, where)
     return Preset(
         name=name,
@@ -220,25 +275,28 @@ def _preset(name: str, table: Mapping[str, Any], source: str, families: Mapping[
         size=size,
         aliases=_strings(table, "aliases", where),
         pretrain=_typed(table, "pretrain", str, where, ""),
-        bundled=_typed(table, "bundled", bool, where, False),
+        bundled=bundled,
         description=_typed(table, "description", str, where, ""),
         origin=_typed(table, "source", str, where, ""),
         source=source,
     )
 
 
-def _parse(data: Mapping[str, Any], source: str, base_families: Mapping[str, dict]) -> list[Preset]:
-    schema = data.get("schema", SCHEMA_VERSION)
+def _parse(
+    data: Mapping[str, Any], source: str, base_families: Mapping[str, dict], builtin: bool = False
+) -> list[Preset]:
+    schema = _typed(data, "schema", int, source, SCHEMA_VERSION)  # not True, though True == 1
     _check(schema == SCHEMA_VERSION, source, f"schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
     families = _family_tables(data, source, base_families)
     models = _typed(data, "models", dict, source, {})
     seen: dict[str, str] = {}
     presets = []
     for name, table in models.items():
-        _check(isinstance(table, dict), source, f"[models.{name!r}] must be a table")
+        _check(isinstance(table, dict), source, f"[models.{_short(name)}] must be a table")
+        preset = _preset(name, table, source, families, builtin)  # the name is checked (and bounded) first
         _check(name.lower() not in seen, source, f"models {seen.get(name.lower())!r} and {name!r} differ only in case")
         seen[name.lower()] = name
-        presets.append(_preset(name, table, source, families))
+        presets.append(preset)
     return presets
 
 
@@ -247,6 +305,8 @@ def _read_toml(text: str, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    except ValueError as exc:  # an integer of over 4300 digits (Python's int/str conversion limit)
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{source}: not valid TOML: nested too deeply") from None
 
@@ -255,18 +315,77 @@ def builtin_registry_text() -> str:
     return resources.files("hat_cli").joinpath("weights.toml").read_text(encoding="utf-8")
 
 
+class FileRefused(ValueError):
+    """A file :func:`read_regular_file` does not read."""
+
+
+class NotRegularFile(FileRefused):
+    """A folder, FIFO, socket or device."""
+
+
+class FileTooLarge(FileRefused):
+    """More bytes than the limit the file is read under."""
+
+
+def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    Raises :class:`NotRegularFile` (a folder, a FIFO, /dev/zero) or :class:`FileTooLarge` for
+    anything else, and OSError when it cannot be opened or read. A device is never opened (only
+    stat'ed), the file is opened non-blocking (a FIFO swapped in meanwhile never waits for a
+    writer), and at most ``limit + 1`` bytes are read, however much the file holds or grows.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotRegularFile("not a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile("not a regular file")
+        if info.st_size > limit:
+            raise FileTooLarge(f"{info.st_size:,} bytes")
+        chunks, size = [], 0
+        while chunk := os.read(fd, min(limit + 1 - size, 1 << 16)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise FileTooLarge(f"more than {limit:,} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read_registry_file(path: Path) -> str:
+    """The text of a user registry: a regular UTF-8 file of at most :data:`MAX_REGISTRY_BYTES`."""
+    try:
+        data = read_regular_file(path, MAX_REGISTRY_BYTES)
+    except NotRegularFile:
+        raise ConfigError(
+            f"registry {path} is not a regular file: give --registry or {REGISTRY_ENV} a TOML file"
+        ) from None
+    except FileTooLarge as exc:
+        raise ConfigError(
+            f"registry {path} is too large ({exc}, over the {MAX_REGISTRY_BYTES >> 20} MiB limit): give "
+            f"--registry or {REGISTRY_ENV} a TOML file of your own presets only"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read registry {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a path with a NUL byte (from Python: argv and the environment have none)
+        raise ConfigError(f"cannot read registry {path!r}: {exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML registry (not UTF-8 text)") from None
+
+
 def load_registry(extra: str | os.PathLike[str] | None = None) -> Registry:
     """The built-in presets, then ``extra`` (or ``$HAT_REGISTRY``) adding or overriding presets."""
     builtin = _read_toml(builtin_registry_text(), "weights.toml")
-    presets = _parse(builtin, "weights.toml", {})
+    presets = _parse(builtin, "weights.toml", {}, builtin=True)
     extra = extra or os.environ.get(REGISTRY_ENV) or None
     if extra:
         path = Path(extra)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read registry {path}: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a TOML registry (not UTF-8 text)") from None
+        text = _read_registry_file(path)
         presets += _parse(_read_toml(text, str(path)), str(path), builtin.get("families", {}))
     return Registry(presets)

@@ -4,16 +4,22 @@ download has its own exit code (4), and hostile or sloppy registry files are one
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from hat_cli.cli import app
-from hat_cli.errors import EXIT_NETWORK, EXIT_SOME_FAILED, EXIT_USAGE
-from hat_cli.registry import load_registry
+from hat_cli.errors import EXIT_NETWORK, EXIT_SOME_FAILED, EXIT_USAGE, ConfigError
+from hat_cli.registry import MAX_NAME_LENGTH, MAX_REGISTRY_BYTES, load_registry
 from hat_cli.store import download as store_download
+from hat_cli.store.paths import write_error
+from tests._hardening import child_env
 from tests.store_server import cache_files, sha256, write_registry
 
 runner = CliRunner()
@@ -171,7 +177,7 @@ REGISTRIES = {
     "embed_dim=true": (_with("embed_dim", "true"), "embed_dim must be a positive integer"),
     "depths=string": (_with("depths", '"66"'), "depths"),
     "arch=5": (FAMILY + "arch = 5\n" + _with("family", '"f"'), "arch must be a string"),
-    "unclosed-ipv6-url": (_with("urls", '["http://[::1/x"]'), "is not https"),
+    "unclosed-ipv6-url": (_with("urls", '["http://[::1/x"]'), "is not a valid URL"),
     "ftp-url": (_with("urls", '["ftp://example.org/x.pth"]'), "is not https"),
     "binary": (bytes(range(256)) * 4, "not a TOML registry (not UTF-8 text)"),
     "nested-arrays": ("x = " + "[" * 20000 + "]" * 20000 + "\n", "not valid TOML"),
@@ -188,6 +194,20 @@ REGISTRIES = {
     "size=1.5": (_with("size", "1.5"), "size must be an integer"),
     "bundled=yes": (_with("bundled", '"yes"'), "bundled must be true or false"),
     "schema=2": ("schema = 2\n" + MODEL, "schema 2 is not supported"),
+    # Issue 13, second pass: accepted before, or exit 3
+    "bundled=true": (_with("bundled", "true"), "bundled = true is for the built-in registry only"),
+    "schema=true": ("schema = true\n" + MODEL, "schema must be an integer, not True"),
+    "file-300-chars": (_with("file", '"' + "a" * 300 + '.pth"'), f"longer than {MAX_NAME_LENGTH} characters"),
+    "name-300-chars": (MODEL.replace('"x"', '"' + "x" * 300 + '"'), f"longer than {MAX_NAME_LENGTH} characters"),
+    "int-5000-digits": ("n = " + "9" * 5000 + "\n" + MODEL, "not valid TOML"),
+    "mlp_ratio=1e308": (_with("mlp_ratio", "1e308"), "a value is too large"),
+    "overlap_ratio=1e308": (_with("overlap_ratio", "1e308"), "a value is too large"),
+    "url-empty-label": (_with("urls", '["https://a..b/x.pth"]'), "cannot be looked up"),
+    "url-label-300": (_with("urls", '["https://' + "a" * 300 + '.org/x.pth"]'), "cannot be looked up"),
+    "url-port-99999": (_with("urls", '["http://127.0.0.1:99999/x.pth"]'), "is not a valid URL"),
+    "url-port-abc": (_with("urls", '["http://127.0.0.1:abc/x.pth"]'), "is not a valid URL"),
+    "url-space": (_with("urls", '["https://example.org/a b.pth"]'), "space or control character"),
+    "url-non-ascii-path": (_with("urls", '["https://example.org/\u00e9.pth"]'), "non-ASCII"),
     # D1: the table name used to vanish as rich markup
     "family=nope": (_with("family", '"nope"'), "family 'nope' is not defined under [families]"),
 }
@@ -200,7 +220,8 @@ def test_d12_d13_registry_mistakes_are_one_line_naming_file_and_table(tmp_path: 
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     line = one_error(hat("models", "list", "--registry", path), EXIT_USAGE)
     assert str(path) in line and expected in line, line
-    if name not in ("binary", "nested-arrays", "models=5", "families=5", "schema=2", "families.f=5", "Evil+evil"):
+    file_level = ("binary", "nested-arrays", "models=5", "families=5", "schema=2", "families.f=5", "Evil+evil")
+    if name not in (*file_level, "schema=true", "int-5000-digits", "name-300-chars"):
         assert TABLE in line or "[models.'X']" in line or "model name" in line, line
 
 
@@ -217,3 +238,138 @@ def test_d13_valid_neighbours_still_load(tmp_path: Path) -> None:
 def test_d3_docs_state_the_ceiling() -> None:
     text = (ROOT / "docs" / "registry.md").read_text()
     assert re.search(r"2\.5 ×|2\.5 x", text) and "64 MiB" in text
+
+
+# ------------------------------------------------- issue 13, second pass: registry and cache paths
+def _child(*args: str | Path, timeout: float = 60, memory: int | None = None, **env: str):
+    """``hat ARGS`` in a child process (a hang or a runaway read cannot take the test run with it)."""
+
+    def limit() -> None:  # in the child, before it runs hat
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    return subprocess.run(
+        [sys.executable, "-m", "hat_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(**env),
+        preexec_fn=None if memory is None else limit,
+    )
+
+
+def _one_child_error(done: subprocess.CompletedProcess, code: int) -> str:
+    assert done.returncode == code, (done.returncode, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_registry_dev_zero_is_refused_unread(tmp_path: Path) -> None:
+    """It used to be read whole: MemoryError (exit 3) under a 3 GiB limit, unbounded without."""
+    done = _child("models", "list", "--registry", "/dev/zero", memory=3 << 30, HAT_CACHE_DIR=str(tmp_path / "c"))
+    line = _one_child_error(done, EXIT_USAGE)
+    assert "/dev/zero is not a regular file" in line and "HAT_REGISTRY" in line
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_registry_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "r.toml"
+    os.mkfifo(fifo)
+    done = _child("models", "list", "--registry", fifo, timeout=60, HAT_CACHE_DIR=str(tmp_path / "c"))
+    assert f"{fifo} is not a regular file" in _one_child_error(done, EXIT_USAGE)
+
+
+def test_registry_folder_and_oversized_file_are_one_line(tmp_path: Path, cache: Path) -> None:
+    assert f"{tmp_path} is not a regular file" in one_error(hat("models", "list", "--registry", tmp_path), EXIT_USAGE)
+    big = tmp_path / "big.toml"
+    big.write_text(MODEL + ("# padding\n" * (MAX_REGISTRY_BYTES // 10 + 1)))  # valid TOML, just too long
+    line = one_error(hat("models", "list", "--registry", big), EXIT_USAGE)
+    assert f"registry {big} is too large" in line and "1 MiB" in line
+    big.write_text(MODEL + "#" * (MAX_REGISTRY_BYTES - len(MODEL) - 1) + "\n")  # exactly the limit: read
+    assert hat("models", "list", "--registry", big).exit_code == 0
+
+
+def test_a_user_registry_cannot_point_into_the_package(tmp_path: Path, cache: Path) -> None:
+    """bundled = true used to make 'hat models path' print (and upscale load) a package file."""
+    registry = write_registry(
+        tmp_path / "r.toml",
+        {"Evil": {"family": "hat-tiny", "scale": 4, "file": "hat-tiny-x4.safetensors", "bundled": True}},
+    )
+    result = hat("models", "path", "Evil", "--registry", registry)
+    line = one_error(result, EXIT_USAGE)
+    assert f"{registry}: [models.'Evil']: bundled = true is for the built-in registry only" in line
+    assert result.stdout == ""
+    registry.write_text(registry.read_text().replace("bundled = true", "bundled = false"))
+    assert "is not cached" in one_error(hat("models", "path", "Evil", "--registry", registry), EXIT_USAGE)
+
+
+def test_the_longest_file_name_allowed_still_fits_the_cache(tmp_path: Path, cache: Path, server) -> None:
+    """At the limit, every name the cache derives from ``file`` (<file>.<12 hex>, its .part and
+    .lock, the temporaries of an import) fits the 255-byte limit: download, remove, import."""
+    data = b"w" * 100
+    source = tmp_path / "w.pth"
+    source.write_bytes(data)
+    file = "f" * (MAX_NAME_LENGTH - 4) + ".pth"
+    table = {"family": "hat-tiny", "scale": 4, "file": file, "sha256": sha256(data), "urls": [server.serve("/w", data)]}
+    registry = write_registry(tmp_path / "r.toml", {"w": table})
+    cached = [f"checkpoints/{file[:-4]}.{sha256(data)[:12]}.pth"]
+    result = hat("models", "download", "w", "--registry", registry)
+    assert result.exit_code == 0, result.output
+    assert cache_files(cache) == cached
+    assert hat("models", "rm", "w", "--registry", registry).exit_code == 0
+    result = hat("models", "import", source, "--name", "w", "--registry", registry)
+    assert result.exit_code == 0, result.output
+    assert cache_files(cache) == cached
+    too_long = write_registry(tmp_path / "r2.toml", {"w": {**table, "file": "f" + file}})
+    line = one_error(hat("models", "import", source, "--name", "w", "--registry", too_long), EXIT_USAGE)
+    assert f"longer than {MAX_NAME_LENGTH} characters" in line
+
+
+def test_import_of_a_name_too_long_or_not_a_file_is_one_line(tmp_path: Path, cache: Path) -> None:
+    """Path.is_file() raises OSError (ENAMETOOLONG) on Python 3.11: it used to be exit 3."""
+    long_name = tmp_path / ("a" * 300 + ".pth")
+    line = one_error(hat("models", "import", long_name), EXIT_USAGE)
+    assert line.startswith(f"error: cannot read {long_name}") and "too long" in line
+    assert f"{tmp_path} is not a regular file" in one_error(hat("models", "import", tmp_path), EXIT_USAGE)
+
+
+@pytest.mark.parametrize(
+    "folder",
+    ["~no-such-user-hat-test/cache", "/tmp/" + "a" * 300, "/tmp/" + "a/" * 2100],
+    ids=["unknown-user", "name-over-255", "path-over-4096"],
+)
+def test_a_hostile_cache_folder_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
+    monkeypatch.setenv("HAT_CACHE_DIR", folder)
+    monkeypatch.delenv("HAT_REGISTRY", raising=False)
+    for args in (("list",), ("verify", "hat-s", "--scale", "4"), ("rm", "hat-s", "--scale", "4")):
+        line = one_error(hat("models", *args), EXIT_USAGE)
+        assert "HAT_CACHE_DIR" in line, line
+
+
+def test_write_errors_of_the_cache_path_itself_are_usage_errors(tmp_path: Path) -> None:
+    for code in (errno.ENAMETOOLONG, errno.ELOOP):
+        error = write_error(OSError(code, os.strerror(code)), tmp_path / "x")
+        assert isinstance(error, ConfigError) and "HAT_CACHE_DIR" in str(error)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="no FIFOs")
+def test_a_fifo_as_recorded_sha256_does_not_hang(tmp_path: Path) -> None:
+    """The sha256 recorded for a hand-imported file (HAN/RCAN) used to be read unbounded and blocking."""
+    checkpoints = tmp_path / "c" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    os.mkfifo(checkpoints / "HAN_BIX2.sha256")
+    (checkpoints / "HAN_BIX3.sha256").symlink_to("/dev/zero")
+    done = _child(
+        "models", "list", "--json", timeout=60, memory=3 << 30, HAT_CACHE_DIR=str(tmp_path / "c"), HAT_REGISTRY=""
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_docs_state_the_registry_limits() -> None:
+    text = " ".join((ROOT / "docs" / "registry.md").read_text().split())
+    assert f"of at most {MAX_REGISTRY_BYTES >> 20} MiB" in text
+    assert f"at most {MAX_NAME_LENGTH} characters long" in text
+    assert "`bundled = true` is for the built-in registry only" in text and "your file is refused" in text

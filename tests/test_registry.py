@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from hat_cli.errors import ConfigError
-from hat_cli.registry import load_registry
+from hat_cli.registry import (
+    MAX_REGISTRY_BYTES,
+    FileTooLarge,
+    NotRegularFile,
+    is_allowed_url,
+    load_registry,
+    read_regular_file,
+    url_problem,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = {
@@ -106,3 +114,55 @@ def test_user_registry_adds_presets_and_inherits_families(tmp_path: Path, monkey
 def test_invalid_registries_are_rejected_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_registry(_write(tmp_path, text))
+
+
+def test_bundled_is_for_the_builtin_registry_only(tmp_path: Path) -> None:
+    assert load_registry().presets["hat-tiny-x4"].bundled
+    text = GOOD.format(sha="ab" * 32).replace("[models.my-hat]", "[models.hat-tiny-x4]") + "bundled = true\n"
+    with pytest.raises(ConfigError, match=r"\[models.'hat-tiny-x4'\]: bundled = true is for the built-in registry"):
+        load_registry(_write(tmp_path, text))
+    overridden = load_registry(_write(tmp_path, text.replace("bundled = true", "bundled = false")))
+    assert not overridden.presets["hat-tiny-x4"].bundled  # a user file may replace it, as a download
+
+
+@pytest.mark.parametrize("schema", ["true", "1.0", '"1"'])
+def test_schema_must_be_the_integer_1(tmp_path: Path, schema: str) -> None:
+    with pytest.raises(ConfigError, match="schema must be an integer"):
+        load_registry(_write(tmp_path, f"schema = {schema}\n"))
+    assert len(load_registry(_write(tmp_path, "schema = 1\n"))) == len(load_registry())
+
+
+def test_registry_reads_are_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    assert read_regular_file(path, 100) == b"x" * 100
+    with pytest.raises(FileTooLarge):
+        read_regular_file(path, 99)
+    for other in (tmp_path, Path("/dev/zero")):
+        with pytest.raises(NotRegularFile):
+            read_regular_file(other, 100)
+    assert len(read_regular_file(ROOT / "hat_cli" / "weights.toml", MAX_REGISTRY_BYTES)) < MAX_REGISTRY_BYTES // 16
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://example.org/a.pth", None),
+        ("http://127.0.0.1:8000/a.pth", None),
+        ("https://example.org./a%20b.pth?x=1", None),
+        ("https://xn--bcher-kva.example/a.pth", None),
+        ("http://example.org/a.pth", "is not https"),
+        ("https://a..b/a.pth", "cannot be looked up"),
+        ("https://" + "a" * 64 + ".org/a.pth", "cannot be looked up"),
+        ("https://example.org:65536/a.pth", "is not a valid URL"),
+        ("https://example.org:x/a.pth", "is not a valid URL"),
+        ("http://[::1/a.pth", "is not a valid URL"),
+        ("https://example.org/a b.pth", "space or control"),
+        ("https://example.org/a\x00.pth", "space or control"),
+        ("https://example.org/\u00e9.pth", "non-ASCII"),
+    ],
+)
+def test_url_problems(url: str, problem: str | None) -> None:
+    found = url_problem(url)
+    assert (found is None) if problem is None else (problem in (found or "")), found
+    assert is_allowed_url(url) == (problem is None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from ..errors import CheckpointError, ConfigError
 from ..registry import Preset, Registry
 from .hashing import sha256_file
 from .lock import file_lock
-from .paths import cached_path, expected_sha256, local_checkpoint, partial_path, pin_path, write_error
+from .paths import cache_stat, cached_path, expected_sha256, local_checkpoint, partial_path, pin_path, write_error
 
 _CHUNK = 1 << 20
 
@@ -72,6 +73,21 @@ def _sha256_of(source: Path) -> tuple[str, int]:
         raise CheckpointError(f"cannot read {source}: {exc.strerror or exc}") from exc
 
 
+def _check_source(source: Path) -> None:
+    """The file to import is a regular file. ``Path.is_file()`` would raise OSError for a name too
+    long (ENAMETOOLONG) or a folder that may not be searched: one line naming the file instead."""
+    try:
+        info = source.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"{source}: no such file") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL byte in the path (from Python; argv has none)
+        raise CheckpointError(f"cannot read {source!r}: {exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{source} is not a regular file: give the checkpoint file to import")
+
+
 def _check_is(source: Path, preset: Preset) -> None:
     """A file for a preset without a public checksum must at least be that network at that scale."""
     from ..checkpoint import identify, read_checkpoint  # torch: only for these imports
@@ -112,8 +128,7 @@ def import_checkpoint(
     """Copy a hand-downloaded file into the cache for the preset ``name`` (checked against its
     sha256), or for every preset whose sha256 matches when no name is given."""
     source = Path(source)
-    if not source.is_file():
-        raise CheckpointError(f"{source}: no such file")
+    _check_source(source)
     wanted = registry.resolve(name, scale) if name else None
     if wanted is not None and wanted.bundled:
         raise ConfigError(f"model {wanted.name} is bundled with hat-cli: nothing to import")
@@ -148,7 +163,8 @@ def remove_checkpoint(preset: Preset) -> list[Path]:
         return []
     target = cached_path(preset)
     removed = []
-    if not target.parent.is_dir():
+    folder = cache_stat(target.parent)
+    if folder is None or not stat.S_ISDIR(folder.st_mode):
         return removed
     # Under the lock, so a download in progress is not cut off mid-write.
     with file_lock(target.with_name(target.name + ".lock")):

@@ -23,6 +23,7 @@ import http.client
 import os
 import random
 import ssl
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -33,14 +34,16 @@ from urllib.parse import urlparse
 
 from ..atomic import commit
 from ..errors import DownloadError, HatError, ModelNotAvailable
-from ..registry import Preset, is_allowed_url
+from ..registry import Preset, url_problem
 from ..version import __version__
 from .hashing import hash_file
 from .lock import file_lock
 from .paths import (
     OFFLINE_ENV,
+    cache_stat,
     cached_path,
     import_hint,
+    is_cached_file,
     is_offline,
     local_checkpoint,
     partial_path,
@@ -115,8 +118,8 @@ class _SafeRedirect(urllib.request.HTTPRedirectHandler):
     """Follow redirects only to URLs a registry could name (https, or http on loopback)."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
-        if not is_allowed_url(newurl):
-            raise _Fallthrough(f"redirect to {newurl} refused (only https is allowed)")
+        if problem := url_problem(newurl):
+            raise _Fallthrough(f"redirect to {newurl} refused (the URL {problem})")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -226,6 +229,8 @@ class _Attempt:
             if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, TimeoutError):
                 raise _Transient(f"no connection within {self.policy.timeout:g} s", unreachable=True) from exc
             raise (_Transient if _is_transient(exc) else _Fallthrough)(_describe(exc)) from exc
+        except ValueError as exc:  # a URL no request can be made of (the registry refuses those: never retried)
+            raise _Fallthrough(f"bad URL: {exc}") from exc
         with response:
             if response.status == 206 and offset:
                 start = _content_range_start(response.headers.get("Content-Range"))
@@ -305,7 +310,7 @@ def _fetch_mirror(preset: Preset, url: str, target: Path, policy: RetryPolicy, p
     retry = 0
     restarted = False
     while True:
-        resumed = part.exists()
+        resumed = cache_stat(part) is not None
         try:
             digest, size = attempt.run()
         except _Transient as exc:
@@ -339,6 +344,16 @@ def _fetch_mirror(preset: Preset, url: str, target: Path, policy: RetryPolicy, p
         return
 
 
+def _size_or_0(path: Path) -> int:
+    """Size of a regular file, 0 when there is none or it cannot be told (for messages only: this
+    never raises, so it cannot hide the error being reported)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
 def download_checkpoint(
     preset: Preset,
     progress: ProgressCallback | None = None,
@@ -370,12 +385,12 @@ def download_checkpoint(
         raise write_error(exc, target.parent) from exc
     failures = []
     with file_lock(target.with_name(target.name + ".lock")):
-        if target.is_file():  # another process finished it while we waited
+        if is_cached_file(target):  # another process finished it while we waited
             return DownloadResult(target)
         try:
             for url in preset.urls:
-                if not is_allowed_url(url):
-                    failures.append(f"{url}: not https (refused)")
+                if problem := url_problem(url):
+                    failures.append(f"{url}: refused (the URL {problem})")
                     continue
                 try:
                     _fetch_mirror(preset, url, target, policy, progress)
@@ -384,10 +399,10 @@ def download_checkpoint(
                     failures.append(f"{url}: {exc}")
         finally:
             if progress is not None:
-                done = target.stat().st_size if target.is_file() else 0
+                done = _size_or_0(target)
                 progress(DownloadProgress(preset.name, "", done, preset.size, finished=True))
     part = partial_path(preset)
-    kept = f" ({part.stat().st_size} bytes kept in {part}: run again to resume)" if part.is_file() else ""
+    kept = f" ({_size_or_0(part)} bytes kept in {part}: run again to resume)" if _size_or_0(part) else ""
     digest = "" if any(preset.sha256 in failure for failure in failures) else f" (sha256 {preset.sha256})"
     raise DownloadError(
         f"could not download {preset.name}: {'; '.join(failures)}{kept}. "

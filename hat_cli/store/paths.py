@@ -5,31 +5,44 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DownloadError, HatError, ModelNotAvailable
-from ..registry import Preset
+from ..registry import FileRefused, Preset, read_regular_file
 
 CACHE_ENV = "HAT_CACHE_DIR"
 OFFLINE_ENV = "HAT_OFFLINE"
 _TRUE = {"1", "true", "yes", "on"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_PIN_BYTES = 256  # a recorded sha256 is 65 bytes: a bigger file is not ours
 
 
 def cache_dir() -> Path:
     """``$HAT_CACHE_DIR``, else ``$XDG_CACHE_HOME/hat``, else the platform's user cache folder."""
     if explicit := os.environ.get(CACHE_ENV):
-        return Path(explicit).expanduser()
+        return _expand(explicit, CACHE_ENV)
     if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "hat"
-    home = Path.home()
+        return _expand(xdg, "XDG_CACHE_HOME") / "hat"
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError) as exc:  # no $HOME and no password entry for this user
+        raise ConfigError(f"cannot find your home folder ({exc}): set {CACHE_ENV} to a cache folder") from None
     if sys.platform == "darwin":
         return home / "Library" / "Caches" / "hat"
     if sys.platform == "win32":
         base = os.environ.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
         return Path(base) / "hat" / "Cache"
     return home / ".cache" / "hat"
+
+
+def _expand(value: str, variable: str) -> Path:
+    """``~``/``~user`` expanded, or one ConfigError naming the variable when it cannot be."""
+    try:
+        return Path(value).expanduser()
+    except (RuntimeError, KeyError):  # ~nosuchuser, or ~ without $HOME
+        raise ConfigError(f"{variable}={value!r}: cannot expand its ~: give an absolute folder") from None
 
 
 def checkpoints_dir() -> Path:
@@ -45,9 +58,9 @@ def expected_sha256(preset: Preset) -> str | None:
     """The registry's sha256, else the one recorded when the file was imported by hand, else None."""
     if preset.sha256:
         return preset.sha256
-    try:
-        recorded = pin_path(preset).read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
+    try:  # bounded: the cache folder is the user's, but a FIFO or /dev/zero there must not hang us
+        recorded = read_regular_file(pin_path(preset), _PIN_BYTES).decode("ascii").strip()
+    except (OSError, FileRefused, UnicodeDecodeError):
         return None
     return recorded if _SHA256.fullmatch(recorded) else None
 
@@ -75,6 +88,24 @@ def partial_path(preset: Preset) -> Path:
     return path.with_name(path.name + ".part")
 
 
+def cache_stat(path: Path) -> os.stat_result | None:
+    """``path.stat()`` for a path in the cache, None when nothing is there. Any other failure (a
+    name too long for the file system, a symlink loop, a folder that may not be searched), which
+    ``Path.is_file()`` raises as OSError, is one ConfigError naming the path and the fix."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot use {path} ({exc.strerror or exc}): set {CACHE_ENV} to a usable folder") from exc
+
+
+def is_cached_file(path: Path) -> bool:
+    """``path.is_file()``, its errors as in :func:`cache_stat`."""
+    info = cache_stat(path)
+    return info is not None and stat.S_ISREG(info.st_mode)
+
+
 def local_checkpoint(preset: Preset) -> Path | None:
     """The checkpoint's path if it is bundled or already cached, else None."""
     if preset.bundled:
@@ -82,7 +113,7 @@ def local_checkpoint(preset: Preset) -> Path | None:
     if expected_sha256(preset) is None:
         return None
     path = cached_path(preset)
-    return path if path.is_file() else None
+    return path if is_cached_file(path) else None
 
 
 def import_hint(preset: Preset) -> str:
@@ -123,4 +154,6 @@ def write_error(exc: OSError, path: Path) -> HatError:
         return DownloadError(f"disk full writing {path} ({reason}): free space or set {CACHE_ENV} to another disk")
     if isinstance(exc, PermissionError | NotADirectoryError | FileExistsError) or exc.errno == errno.EROFS:
         return ConfigError(f"cannot write {path} ({reason}): set {CACHE_ENV} to a writable folder")
+    if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):  # the folder's path, not the download, is at fault
+        return ConfigError(f"cannot write {path} ({reason}): set {CACHE_ENV} to a usable folder")
     return DownloadError(f"cannot write {path}: {reason}")
