@@ -19,8 +19,8 @@ EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, CI cancel): 128 + 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "everything succeeded (outputs skipped with --skip-existing count as success)",
     EXIT_SOME_FAILED: "some inputs failed (unreadable or too large image, output not writable, non-finite model "
-    "output), no image found in the inputs, some of several models failed to download, or standard output not "
-    "writable (e.g. a full disk)",
+    "output, out of memory even for the smallest tile or training batch), no image found in the inputs, some of "
+    "several models failed to download, or standard output not writable (e.g. a full disk)",
     EXIT_USAGE: "usage or configuration error (bad option, unknown model, bad registry, bad or unsafe checkpoint, "
     "model not cached while offline, a bench or train folder without images), or a Ray cluster that cannot run "
     "the job (--engine ray: cannot connect, too small for the workers, workers that cannot start)",

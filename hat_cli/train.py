@@ -1,6 +1,7 @@
 """Train or fine-tune a HAT on folders of high-resolution images (the HAT paper's recipe).
 
-Data: every HR image (:func:`hat_cli.imagefiles.list_images`, read as 8 bits) is mod-cropped to
+Data: every HR image (:func:`hat_cli.imagefiles.list_images`, read as 8 bits: 16-bit files are
+rounded down to 8 bits, files that cannot be read are skipped with one warning) is mod-cropped to
 the scale and downscaled *once* with :func:`hat_cli.baseline.make_lr` (MATLAB bicubic, rounded to
 uint8: bit-identical to the benchmark LR files); each
 iteration crops aligned LR/HR patch pairs at random positions, with random flips and 90-degree
@@ -11,7 +12,9 @@ metadata, see :func:`hat_cli.checkpoint.save_checkpoint`); next to it ``<stem>.s
 everything needed to resume (weights, EMA, optimiser, scheduler, iteration, RNG). Both are written
 through :func:`hat_cli.checkpoint.save_checkpoint` (atomic, permissions from the umask) every
 ``save_every`` iterations, at the end, and on Ctrl-C before it propagates. Both paths are checked
-before training starts, so no work is lost to an unwritable output.
+before training starts, so no work is lost to an unwritable output; so are the options, the
+architecture and every validation image. A run that fails late (out of memory, a validation image
+changed under it) saves what it has trained first, when the failed step left the state whole.
 
 This module has no CLI dependencies; progress goes to an optional callback.
 """
@@ -19,10 +22,13 @@ This module has no CLI dependencies; progress goes to an optional callback.
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import os
+import stat
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,19 +41,23 @@ from torch import Tensor, nn
 from .atomic import signals_deferred
 from .baseline import make_lr
 from .checkpoint import identify, read_checkpoint, read_checkpoint_file, save_checkpoint, state_dict_of
-from .errors import CheckpointError, ConfigError
-from .evaluation import pair_images, run_bench
+from .errors import CheckpointError, ConfigError, DeviceOutOfMemory, HatError, InputImageError, first_line
+from .evaluation import ImagePair, pair_images, run_bench
 from .imagefiles import list_images as images_in
-from .imagefiles import read_rgb8
+from .imageio import read_picture
 from .metrics import mod_crop
 from .model import HAT, HATConfig
-from .pixels import grey_to_rgb, quantize, to_tensor
+from .pixels import grey_to_rgb, quantize, to_8bit, to_tensor
 from .registry import builtin_registry_text, load_registry
 from .store import require_checkpoint
+from .tiling import is_out_of_memory
 
 STATE_VERSION = 1
 
 Schedule = Literal["cosine", "step"]
+SCALES = (2, 3, 4, 8)  # HATConfig's upscales, less x1 (nothing to learn from an image and itself)
+SEED_LIMIT = 2**63  # seeds are stored as int64 (torch, checkpoint metadata)
+Warn = Callable[[str], None]
 
 
 @dataclass
@@ -89,6 +99,48 @@ class TrainOptions:
         return data
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_options(options: TrainOptions) -> None:
+    """Every option in range, before anything is read or built: a bad value is one line now, not a
+    torch error after the data has loaded, nor a NaN checkpoint written with success."""
+    o = options
+    _require(_is_int(o.scale) and o.scale in SCALES, f"--scale {o.scale!r}: use 2, 3, 4 or 8")
+    counts = (("--iters", o.iters, 1), ("--batch-size", o.batch_size, 1), ("--patch-size", o.patch_size, 1))
+    counts += (("--warmup", o.warmup_iters, 0), ("--val-every", o.val_every, 0), ("--save-every", o.save_every, 0))
+    for flag, value, low in counts:
+        _require(_is_int(value) and value >= low, f"{flag} must be a whole number >= {low}, not {value!r}")
+    _require(
+        o.patch_size % o.scale == 0,
+        f"--patch-size {o.patch_size} (HR) must be a multiple of the scale {o.scale}, "
+        f"e.g. {max(o.scale, o.patch_size - o.patch_size % o.scale)}",
+    )
+    _require(
+        _is_int(o.seed) and 0 <= o.seed < SEED_LIMIT, f"--seed must be a whole number from 0 to 2**63-1, not {o.seed!r}"
+    )
+    _require(_is_finite(o.lr) and o.lr > 0, f"--lr must be a finite number > 0 (2e-4 is usual), not {o.lr!r}")
+    _require(
+        _is_finite(o.ema_decay) and 0 <= o.ema_decay < 1,
+        f"--ema-decay must be at least 0 and below 1 (0.999 is usual), not {o.ema_decay!r}",
+    )
+    _require(o.schedule in ("cosine", "step"), f"--schedule must be cosine or step, not {o.schedule!r}")
+    _require(_is_finite(o.min_lr_ratio) and 0 <= o.min_lr_ratio <= 1, f"min_lr_ratio {o.min_lr_ratio!r}: use 0..1")
+    _require(all(_is_finite(m) and m >= 0 for m in o.milestones), f"milestones {o.milestones!r}: use numbers >= 0")
+    _require(o.threads is None or (_is_int(o.threads) and o.threads >= 1), f"--threads {o.threads!r}: use 1 or more")
+    _require(len(o.hr_dirs) > 0, "give at least one --hr folder of training images")
+
+
 @dataclass
 class TrainProgress:
     """What the callback receives after every iteration (and after each validation/save)."""
@@ -128,27 +180,47 @@ def list_images(dirs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for folder in dirs:
         found = sorted(images_in(folder, recursive=True))
         if not found:
-            raise ConfigError(f"{folder}: no images found (PNG, JPEG, ... in it or its subfolders)")
+            raise ConfigError(f"--hr {folder}: no images found (PNG, JPEG, ... in it or its subfolders)")
         files += found
     return files
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8 (grayscale repeated to three channels, as hat bench feeds models)."""
-    img = read_rgb8(path)
-    return grey_to_rgb(img)
+    """HxWx3 uint8: grey repeated to three channels (as hat bench feeds models), alpha dropped, and
+    16-bit pixels rounded to 8 bits (:func:`hat_cli.pixels.to_8bit`): what is learnt is 8-bit SR,
+    so a 16-bit file is good training data once rounded (``hat bench`` refuses it instead)."""
+    picture = read_picture(Path(path))
+    frame = picture.frames[0]
+    colour = frame[..., :-1] if picture.has_alpha else frame
+    return grey_to_rgb(to_8bit(np.ascontiguousarray(colour)))
 
 
 class PatchSampler:
-    """Holds (HR, LR) uint8 pairs in memory and draws aligned random patches with augmentation."""
+    """Holds (HR, LR) uint8 pairs in memory and draws aligned random patches with augmentation.
 
-    def __init__(self, files: Sequence[Path], scale: int, patch_size: int) -> None:
+    ``on_unreadable``: called with the error of each file that cannot be read, which is then
+    skipped (one stray file should not stop a run); without it such a file is raised.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        scale: int,
+        patch_size: int,
+        on_unreadable: Callable[[InputImageError], None] | None = None,
+    ) -> None:
         if patch_size % scale:
             raise ConfigError(f"patch size {patch_size} (HR) must be a multiple of the scale {scale}")
         self.scale, self.hr_patch, self.lr_patch = scale, patch_size, patch_size // scale
         self.pairs: list[tuple[np.ndarray, np.ndarray]] = []
         for path in files:
-            hr = mod_crop(read_rgb(path), scale)
+            try:
+                hr = mod_crop(read_rgb(path), scale)
+            except InputImageError as exc:
+                if on_unreadable is None:
+                    raise
+                on_unreadable(exc)
+                continue
             if min(hr.shape[:2]) < patch_size:
                 continue  # too small for one patch; the paper's crops skip these too
             self.pairs.append((hr, make_lr(hr, scale)))
@@ -179,6 +251,31 @@ def _transpose(img: np.ndarray) -> np.ndarray:
     return img.transpose(1, 0, 2)
 
 
+def load_training_data(options: TrainOptions, warn: Warn) -> PatchSampler:
+    """The sampler over every usable ``--hr`` image: unreadable files are skipped and named in one
+    ``warn`` line; folders with nothing usable are one error naming them."""
+    files = list_images(options.hr_dirs)
+    skipped: list[InputImageError] = []
+    try:
+        sampler = PatchSampler(files, options.scale, options.patch_size, skipped.append)
+    except ConfigError as exc:
+        raise _nothing_usable(options.hr_dirs, len(files), skipped, exc) from None
+    if skipped:
+        warn(f"--hr: skipped {len(skipped)} unreadable image(s): " + "; ".join(map(str, skipped)))
+    return sampler
+
+
+def _nothing_usable(
+    dirs: Sequence[str | os.PathLike[str]], found: int, skipped: list[InputImageError], exc: ConfigError
+) -> HatError:
+    """The one error line of training folders without a usable image (the skipped ones folded in)."""
+    folders = " ".join(map(str, dirs))
+    if len(skipped) == found:
+        return InputImageError(f"--hr {folders}: none of the {found} image(s) can be read, e.g. {skipped[0]}")
+    note = f"; {len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]}" if skipped else ""
+    return ConfigError(f"--hr {folders}: {exc}{note}")
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -188,18 +285,43 @@ def upscale_uint8(model: nn.Module, lr: np.ndarray, device: torch.device) -> np.
     return quantize(model(to_tensor(lr)[None].to(device))[0])
 
 
-def validate(model: nn.Module, val_hr: str | os.PathLike[str], scale: int, device: torch.device) -> float:
+def validate(
+    model: nn.Module,
+    val_hr: str | os.PathLike[str] | Sequence[ImagePair],
+    scale: int,
+    device: torch.device,
+) -> float:
     """Mean PSNR (Y channel, ``scale`` border pixels cropped) through :func:`hat_cli.evaluation.run_bench`,
-    so the number is exactly what ``hat bench`` prints for these weights."""
+    so the number is exactly what ``hat bench`` prints for these weights. ``val_hr``: a folder, or
+    the pairs :func:`check_validation` returned."""
     was_training = model.training
     model.eval()
     try:
-        result = run_bench(
-            pair_images(val_hr, None, scale), scale, {"model": lambda lr: upscale_uint8(model, lr, device)}
-        )
+        pairs = pair_images(val_hr, None, scale) if isinstance(val_hr, str | os.PathLike) else list(val_hr)
+        result = run_bench(pairs, scale, {"model": lambda lr: upscale_uint8(model, lr, device)})
     finally:
         model.train(was_training)
     return result.models[0].mean.psnr
+
+
+def check_validation(val_hr: str | os.PathLike[str], scale: int) -> list[ImagePair]:
+    """The validation pairs, each read, downscaled and scored once now with a stand-in model (pixel
+    repetition): a file validation would fail on fails before training, in one line naming it,
+    instead of after it. Costs one scoring pass, no network."""
+    where = f"--val-hr {val_hr}"
+    try:
+        pairs = pair_images(val_hr, None, scale).pairs
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if not pairs:
+        raise ConfigError(f"{where}: no images found (PNG, JPEG, ...); give a folder of HR validation images")
+    result = run_bench(pairs, scale, {"check": lambda lr: lr.repeat(scale, 0).repeat(scale, 1)}, keep_going=True)
+    if result.failures:
+        failure = result.failures[0]
+        path = next(p.hr for p in pairs if p.name == failure.name)
+        reason = failure.error.removeprefix(f"{failure.name}: ").removeprefix(f"{path}: ")
+        raise InputImageError(f"--val-hr {path}: {reason}")
+    return pairs
 
 
 # --------------------------------------------------------------------------- model setup
@@ -229,21 +351,46 @@ def _hat_config(state: dict[str, Tensor], meta: dict[str, Any], path: Path) -> H
 
 
 _LIST_KEYS = ("depths", "num_heads")
+_FIELD_DEFAULTS = HATConfig().to_dict()
+# Bounds on a fresh architecture. HAT-L, the largest official HAT, has 40.8 M parameters, embed_dim
+# 180, 12 groups of 6 blocks, 6 heads, mlp_ratio 2 and num_feat 64: the bounds are far above it and
+# far below sizes (embed_dim=3000000, depths=2x99999999999) that would try to allocate terabytes.
+MAX_TRAIN_PARAMS = 200_000_000
+MAX_GROUPS = 32
+MAX_BLOCKS = 256
+_ARCH_LIMITS: dict[str, float] = {"embed_dim": 2048, "num_feat": 1024, "mlp_ratio": 16.0}
+MAX_HEADS = 64
+
+
+def _parse_list(key: str, text: str) -> tuple[int, ...]:
+    """``2x3`` (VALUExCOUNT: three groups of two) or ``2/4/2``; the count is bounded before the
+    tuple is built."""
+    value, sep, count = text.partition("x")
+    try:
+        if not sep:
+            return tuple(int(v) for v in text.split("/"))
+        number, groups = int(value), int(count)
+    except ValueError:
+        raise ValueError(f"{key}={text!r} is not a list of whole numbers such as 2x3 or 2/4/2") from None
+    if not 1 <= groups <= MAX_GROUPS:
+        raise ValueError(f"{key}={text!r} asks for {groups} groups; use 1 to {MAX_GROUPS}")
+    return (number,) * groups
 
 
 def _parse_value(key: str, text: str) -> Any:
+    """``text`` as the type of :class:`HATConfig`'s field ``key`` (ValueError saying what is
+    expected); an unknown key keeps its text, for the unknown-keys error."""
     if key in _LIST_KEYS:
-        if "x" in text:  # VALUExCOUNT: 2x3 -> (2, 2, 2)
-            value, count = text.split("x", 1)
-            return (int(value),) * int(count)
-        return tuple(int(v) for v in text.split("/"))
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
+        return _parse_list(key, text)
+    default = _FIELD_DEFAULTS.get(key)
+    expected = {bool: "true or false", int: "a whole number", float: "a number"}.get(type(default))
+    try:
+        if isinstance(default, bool):
+            return {"true": True, "false": False}[text.lower()]
+        if isinstance(default, int | float):
+            return type(default)(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"{key}={text!r} is not {expected}") from None
     return text
 
 
@@ -253,7 +400,7 @@ def parse_arch(spec: str, scale: int = 4) -> HATConfig:
     ``"hat-tiny"``, ``"hat-s,depths=4x6"`` or ``"embed_dim=48,depths=2x3,num_heads=4x3,window_size=8"``.
     Keys are :class:`HATConfig` fields. Lists: ``VALUExCOUNT`` (``2x3`` = three groups of two blocks)
     or ``/``-separated (``2/4/2``). Without a name the base is the default (full-size) HAT; when only
-    ``depths`` changes length, ``num_heads`` follows it.
+    ``depths`` changes length, ``num_heads`` follows it. Bounded by :func:`check_arch`.
     """
     base: dict[str, Any] = HATConfig().to_dict()
     overrides: dict[str, Any] = {}
@@ -264,7 +411,10 @@ def parse_arch(spec: str, scale: int = 4) -> HATConfig:
             base = _named_arch(part)
             continue
         key, text = (t.strip() for t in part.split("=", 1))
-        overrides[key] = _parse_value(key, text)
+        try:
+            overrides[key] = _parse_value(key, text)
+        except ValueError as exc:
+            raise ConfigError(f"--arch {spec!r}: {exc}") from None
     if "depths" in overrides and "num_heads" not in overrides:
         overrides["num_heads"] = (base["num_heads"][0],) * len(overrides["depths"])
     try:
@@ -273,23 +423,57 @@ def parse_arch(spec: str, scale: int = 4) -> HATConfig:
         raise ConfigError(f"--arch {spec!r}: {exc}") from exc
     if config.extra:
         raise ConfigError(f"--arch: unknown keys {sorted(config.extra)}")
-    for key in ("compress_ratio", "squeeze_factor"):
-        if config.embed_dim < getattr(config, key):
-            raise ConfigError(
-                f"--arch: {key} {getattr(config, key)} leaves no channels of embed_dim {config.embed_dim}"
-            )
+    check_arch(config, f"--arch {spec!r}")
     return config
 
 
+def check_arch(config: HATConfig, where: str = "--arch") -> None:
+    """A fresh architecture the trainer can build and feed: RGB in, the pixel-shuffle head, and
+    sizes within the bounds above (checked without torch, before any tensor is allocated)."""
+    if config.in_chans != 3:
+        raise ConfigError(f"{where}: in_chans {config.in_chans}: the trainer feeds RGB patches, so it must be 3")
+    if config.upsampler != "pixelshuffle":
+        raise ConfigError(f"{where}: upsampler {config.upsampler!r}: only 'pixelshuffle' is supported")
+    for key, limit in _ARCH_LIMITS.items():
+        if getattr(config, key) > limit:
+            raise ConfigError(f"{where}: {key} {getattr(config, key)} is over the limit of {limit:g}")
+    sizes = (
+        ("groups", len(config.depths), MAX_GROUPS),
+        ("blocks", sum(config.depths), MAX_BLOCKS),
+        ("heads", max(config.num_heads), MAX_HEADS),
+    )
+    for what, value, limit in sizes:
+        if value > limit:
+            raise ConfigError(f"{where}: {value} {what} is over the limit of {limit}")
+    if config.mlp_hidden < 1:
+        raise ConfigError(
+            f"{where}: mlp_ratio {config.mlp_ratio} leaves no MLP channels of embed_dim {config.embed_dim}"
+        )
+    if config.num_params > MAX_TRAIN_PARAMS:
+        raise ConfigError(
+            f"{where}: {config.num_params / 1e6:,.0f} M parameters is over the limit of "
+            f"{MAX_TRAIN_PARAMS / 1e6:.0f} M (HAT-L has 40.8 M)"
+        )
+
+
 def _named_arch(name: str) -> dict[str, Any]:
-    """Hyper-parameters of a built-in family (``hat-tiny``) or of a preset/alias (``hat-s``)."""
+    """Hyper-parameters of a built-in family (``hat-tiny``) or of a HAT preset/alias (``hat-s``)."""
     families = tomllib.loads(builtin_registry_text()).get("families", {})
     by_lower = {k.lower(): v for k, v in families.items()}
-    if name.lower() in by_lower:
-        return {**HATConfig().to_dict(), **by_lower[name.lower()]}
+    family = by_lower.get(name.lower())
+    if family is not None and family.get("arch", "hat") != "hat":
+        raise ConfigError(f"--arch {name!r}: not a HAT model ({family['arch']}); hat train trains HAT networks")
+    if family is not None:
+        return {**HATConfig().to_dict(), **family}
     registry = load_registry()
     scales = registry.aliases.get(name.lower(), {})
-    return registry.resolve(name, min(scales) if scales else None).config.to_dict()
+    try:
+        config = registry.resolve(name, min(scales) if scales else None).config
+    except ConfigError as exc:
+        raise ConfigError(f"--arch {name!r}: {exc}") from None
+    if not isinstance(config, HATConfig):
+        raise ConfigError(f"--arch {name!r}: not a HAT model ({type(config).__name__}); hat train trains HAT networks")
+    return config.to_dict()
 
 
 def build_training_model(options: TrainOptions) -> tuple[HAT, str | None]:
@@ -308,6 +492,7 @@ def build_training_model(options: TrainOptions) -> tuple[HAT, str | None]:
         model.load_state_dict(kept, strict=False)
         return model, source
     config = options.config or HATConfig()
+    check_arch(config)
     if config.upscale != options.scale:
         config = replace(config, upscale=options.scale)
     return HAT(config), None
@@ -393,29 +578,165 @@ class _Run:
         }
 
     def restore(self, data: Mapping[str, Any], path: Path) -> None:
-        """Continue from a training state file's contents (:func:`_read_resume`)."""
+        """Continue from a training state file's contents (:func:`_read_resume`). Every entry is
+        checked before use: a damaged or foreign file is one error naming it, not a crash now or at
+        the first step."""
+        where = f"--resume {path}"
         try:
-            self.model.load_state_dict(data["params"])
-            self.ema.load_state_dict(data["params_ema"])
-        except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path}: weights do not match the architecture: {exc}") from exc
+            self.model.load_state_dict(_entry(data, "params", "the file"))
+            self.ema.load_state_dict(_entry(data, "params_ema", "the file"))
+        except (_BadState, RuntimeError, TypeError, AttributeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: weights do not match the architecture: {first_line(exc)}") from exc
         st = data["train_state"]
+        version = st.get("version") if isinstance(st, Mapping) else STATE_VERSION  # not a table: damaged, below
+        if version != STATE_VERSION:
+            raise CheckpointError(
+                f"{where}: training state version {version!r}, but this hat train reads version {STATE_VERSION}; "
+                f"fine-tune from its weights with --init {path} instead"
+            )
+        try:
+            self._apply(_checked_state(st, self))
+        except (_BadState, RuntimeError, TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"{where}: damaged training state ({first_line(exc)}); start afresh, or fine-tune from its "
+                f"weights with --init {path}"
+            ) from exc
+
+    def _apply(self, st: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.gen.set_state(st["data_rng"])
         torch.set_rng_state(st["torch_rng"])
-        self.iteration = int(st["iteration"])
-        self.loss_avg = st["loss_avg"]
-        self.val_psnr = st["val_psnr"]
-        self.history = [(int(i), float(v)) for i, v in st["history"]]
-        self.wall_s = float(st["wall_s"])
+        self.iteration, self.loss_avg, self.val_psnr = st["iteration"], st["loss_avg"], st["val_psnr"]
+        self.history, self.wall_s = st["history"], st["wall_s"]
+
+
+class _BadState(ValueError):
+    """A training-state entry that is missing, or not of the form :meth:`_Run.state` writes."""
+
+
+def _entry(table: Any, key: str, where: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise _BadState(f"{where} is not a table")
+    if key not in table:
+        raise _BadState(f"{where} has no {key!r}")
+    return table[key]
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _checked(ok: bool, message: str) -> None:
+    if not ok:
+        raise _BadState(message)
+
+
+def _checked_state(st: Any, run: _Run) -> dict[str, Any]:
+    """The entries of ``st`` that :meth:`_Run._apply` sets, each checked against ``run``."""
+
+    def get(key: str) -> Any:
+        return _entry(st, key, "train_state")
+
+    iteration, loss_avg, val_psnr, wall_s = get("iteration"), get("loss_avg"), get("val_psnr"), get("wall_s")
+    _checked(_is_int(iteration) and iteration >= 0, "iteration is not a whole number >= 0")
+    _checked(loss_avg is None or _is_finite(loss_avg), "loss_avg is not a finite number")
+    _checked(val_psnr is None or _is_real(val_psnr), "val_psnr is not a number")
+    _checked(_is_finite(wall_s) and wall_s >= 0, "wall_s is not a finite number >= 0")
+    return {
+        "optimizer": _checked_optimizer(get("optimizer"), run.optimizer),
+        "scheduler": _like(run.scheduler.state_dict(), get("scheduler"), "scheduler"),
+        "data_rng": _rng_state(get("data_rng"), run.gen.get_state(), "data_rng"),
+        "torch_rng": _rng_state(get("torch_rng"), torch.get_rng_state(), "torch_rng"),
+        "iteration": iteration,
+        "loss_avg": loss_avg,
+        "val_psnr": val_psnr,
+        "history": _history(get("history")),
+        "wall_s": float(wall_s),
+    }
+
+
+def _like(fresh: Any, loaded: Any, where: str) -> Any:
+    """``loaded`` if it has ``fresh``'s form: tables with its keys (a key ``loaded`` lacks keeps the
+    fresh value: a state from an older torch), lists of its length, values of its kinds."""
+    if isinstance(fresh, Mapping):
+        _checked(isinstance(loaded, Mapping), f"{where} is not a table")
+        return {k: _like(v, loaded[k], f"{where}.{k}") if k in loaded else v for k, v in fresh.items()}
+    if isinstance(fresh, list | tuple):
+        _checked(
+            isinstance(loaded, list | tuple) and len(loaded) == len(fresh), f"{where} is not a list of {len(fresh)}"
+        )
+        return type(fresh)(_like(f, v, f"{where}[{i}]") for i, (f, v) in enumerate(zip(fresh, loaded, strict=True)))
+    _checked(_same_kind(fresh, loaded), f"{where} is {type(loaded).__name__}, expected {type(fresh).__name__}")
+    return loaded
+
+
+def _same_kind(fresh: Any, loaded: Any) -> bool:
+    if fresh is None or isinstance(fresh, bool):
+        return loaded is None or isinstance(loaded, bool)
+    if _is_int(fresh):
+        return _is_int(loaded)
+    if isinstance(fresh, float):
+        return _is_finite(loaded)
+    return type(loaded) is type(fresh)
+
+
+def _checked_optimizer(loaded: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``loaded`` (an Adam state dict) if it fits ``optimizer``: the same groups of the same
+    parameters, hyper-parameters of the same kinds, and per parameter moments of its shape."""
+    fresh = optimizer.state_dict()
+    groups = _like(fresh["param_groups"], _entry(loaded, "param_groups", "optimizer"), "optimizer.param_groups")
+    _checked(
+        [g["params"] for g in groups] == [g["params"] for g in fresh["param_groups"]],
+        "optimizer: its parameter groups are not this network's",
+    )
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = _entry(loaded, "state", "optimizer")
+    _checked(
+        isinstance(state, Mapping) and all(_is_int(k) and 0 <= k < len(params) for k in state),
+        "optimizer.state is not a table of this network's parameters",
+    )
+    return {
+        "state": {k: _param_state(v, params[k], f"optimizer.state[{k}]") for k, v in state.items()},
+        "param_groups": groups,
+    }
+
+
+def _param_state(entry: Any, param: Tensor, where: str) -> dict[str, Any]:
+    """One parameter's Adam state: a step count, and float moments of the parameter's shape."""
+    _checked(isinstance(entry, Mapping), f"{where} is not a table")
+    for key, value in entry.items():
+        if key == "step":
+            ok = _is_finite(value) or (isinstance(value, Tensor) and value.numel() == 1)
+        else:
+            ok = isinstance(value, Tensor) and value.is_floating_point() and value.shape == param.shape
+        _checked(ok, f"{where}.{key} does not fit the parameter of shape {tuple(param.shape)}")
+    return dict(entry)
+
+
+def _rng_state(loaded: Any, fresh: Tensor, where: str) -> Tensor:
+    _checked(
+        isinstance(loaded, Tensor) and loaded.dtype == fresh.dtype and loaded.shape == fresh.shape,
+        f"{where} is not a generator state of {fresh.numel()} bytes",
+    )
+    return loaded
+
+
+def _history(value: Any) -> list[tuple[int, float]]:
+    pairs = value if isinstance(value, list | tuple) else None
+    _checked(
+        pairs is not None
+        and all(isinstance(h, list | tuple) and len(h) == 2 and _is_int(h[0]) and _is_real(h[1]) for h in pairs),
+        "history is not a list of (iteration, PSNR) pairs",
+    )
+    return [(int(i), float(v)) for i, v in value]
 
 
 def _read_resume(path: Path) -> tuple[HATConfig, Mapping[str, Any]]:
     """A training state file, read once: the run's architecture and everything it saved."""
     data, meta = read_checkpoint_file(path)
     if not isinstance(data, Mapping) or "train_state" not in data:
-        raise CheckpointError(f"{path}: holds no training state (use it with init= to fine-tune instead)")
+        raise CheckpointError(f"--resume {path}: holds no training state (use it with --init to fine-tune instead)")
     return _hat_config(state_dict_of(data, path), meta, path), data
 
 
@@ -425,17 +746,51 @@ def _read_resume(path: Path) -> tuple[HATConfig, Mapping[str, Any]]:
 def check_outputs(out: Path, state_path: Path) -> None:
     """Fail before training, not after it, when the checkpoint files cannot be written."""
     for path in (out, state_path):
-        if path.is_dir():
-            raise ConfigError(f"--out {out}: {path} is a folder; give a file name such as {path / 'model.pth'}")
-        folder = path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"--out {out}: cannot write in {folder}")
+        try:
+            _check_output(path, out)
+        except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES on a parent: stat itself fails
+            hint = "; choose a shorter name" if exc.errno == errno.ENAMETOOLONG else ""
+            raise ConfigError(f"--out {out}: cannot use {path} ({exc.strerror or exc}){hint}") from None
 
 
-def _prepare(options: TrainOptions, device: torch.device) -> tuple[_Run, PatchSampler]:
-    """The model (fresh, fine-tuned or resumed), its EMA copy, optimiser, schedule and data."""
+def _check_output(path: Path, out: Path) -> None:
+    try:
+        mode: int | None = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ConfigError(f"--out {out}: {path} is a folder; give a file name such as {path / 'model.pth'}")
+    if mode is not None and not stat.S_ISREG(mode):
+        # Saving replaces the target with a new file: a device (/dev/null as root) would be lost.
+        raise ConfigError(
+            f"--out {out}: {path} exists and is not a regular file (a device, pipe or socket); give another name"
+        )
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: cannot write in {folder}")
+    _check_name_lengths(path, folder)
+
+
+def _check_name_lengths(path: Path, folder: Path) -> None:
+    """The names below the existing ``folder``: stat says ENOENT for a missing parent before it
+    says ENAMETOOLONG, so an overlong name would otherwise surface only when saving."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or no answer
+        limit = 255
+    while path != folder and path != path.parent:
+        size = len(os.fsencode(path.name))
+        if size > limit:
+            reason = f"{os.strerror(errno.ENAMETOOLONG)}: {size} bytes, the limit is {limit}"
+            raise OSError(errno.ENAMETOOLONG, reason)
+        path = path.parent
+
+
+def _prepare(options: TrainOptions, device: torch.device, warn: Warn) -> tuple[_Run, PatchSampler, list[ImagePair]]:
+    """The model (fresh, fine-tuned or resumed), its EMA copy, optimiser, schedule, data and
+    validation pairs: everything that can fail on an input fails here, before training."""
     if options.resume is not None:
         # The architecture is the resumed run's, whatever config/init say now.
         config, resumed = _read_resume(Path(options.resume))
@@ -444,9 +799,6 @@ def _prepare(options: TrainOptions, device: torch.device) -> tuple[_Run, PatchSa
         model, source = HAT(config), None
     else:
         model, source = build_training_model(options)
-    sampler = PatchSampler(list_images(options.hr_dirs), options.scale, options.patch_size)
-    if options.val_hr is not None:
-        pair_images(options.val_hr, None, options.scale)  # fail now, not after the first val_every iterations
     model.to(device).train()
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
@@ -457,18 +809,33 @@ def _prepare(options: TrainOptions, device: torch.device) -> tuple[_Run, PatchSa
     if options.resume is not None:
         run.restore(resumed, Path(options.resume))
         run.init_source = f"resumed from {options.resume}"
-    return run, sampler
+    # The slow reads last: a bad option or resume file fails before the data loads.
+    val_pairs = [] if options.val_hr is None else check_validation(options.val_hr, options.scale)
+    return run, load_training_data(options, warn), val_pairs
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or is_out_of_memory(exc)
 
 
 class _Session:
     """One call of :func:`train`: the loop's steps, timing and reporting."""
 
-    def __init__(self, run: _Run, sampler: PatchSampler, device: torch.device, progress) -> None:
-        self.run, self.sampler, self.device, self.progress = run, sampler, device, progress
+    def __init__(
+        self,
+        run: _Run,
+        sampler: PatchSampler,
+        val_pairs: list[ImagePair],
+        device: torch.device,
+        progress: Callable[[TrainProgress], None] | None,
+    ) -> None:
+        self.run, self.sampler, self.val_pairs, self.device, self.progress = run, sampler, val_pairs, device, progress
         self.options = run.options
         self.out, self.state_path = Path(self.options.out), state_path_for(self.options.out)
         self.started, self.iterations, self.step_time = time.perf_counter(), 0, 0.0
         self.wall_base = run.wall_s
+        self.saved_at: int | None = None  # iteration of this session's last checkpoint
+        self.whole = True  # False while a step updates weights, optimiser and EMA: no save then
 
     def report(self, event: Literal["step", "val", "save"]) -> None:
         if self.progress is None:
@@ -494,28 +861,59 @@ class _Session:
         self.run.wall_s = self.wall_base + time.perf_counter() - self.started
         with signals_deferred():
             self.run.save(self.out, self.state_path)
+        self.saved_at = self.run.iteration
+
+    def save_for_error(self) -> str:
+        """Save the work of a run an error ends (unless the failed step left it torn, or there is
+        none); returns what happened, for the error's line."""
+        run = self.run
+        if self.saved_at != run.iteration:
+            if not self.whole or run.iteration == 0:
+                return "no checkpoint saved" if self.saved_at is None else f"{self.out} holds iteration {self.saved_at}"
+            self.checkpoint()
+        return f"saved {self.out} at iteration {run.iteration}; continue with --resume {self.state_path}"
 
     def validate(self) -> None:
-        if self.options.val_hr is not None:
-            run = self.run
-            run.val_psnr = validate(run.ema, self.options.val_hr, self.options.scale, self.device)
-            run.history.append((run.iteration, run.val_psnr))
-            self.report("val")
+        """Validation PSNR of the EMA weights; a failure saves the weights first, then ends the run."""
+        if self.options.val_hr is None:
+            return
+        run, failure = self.run, None
+        try:
+            run.val_psnr = validate(run.ema, self.val_pairs, self.options.scale, self.device)
+        except HatError as exc:  # a validation image changed or vanished since it was checked
+            failure = type(exc), f"--val-hr: {exc}"
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            what = f"out of memory on {self.device} validating whole images of --val-hr {self.options.val_hr}"
+            failure = DeviceOutOfMemory, f"{what}: use smaller validation images, or leave out --val-hr"
+        if failure is not None:  # out of the except block: its traceback no longer holds tensors
+            kind, message = failure
+            raise kind(f"{message} ({self.save_for_error()})")
+        run.history.append((run.iteration, run.val_psnr))
+        self.report("val")
 
     def step(self) -> None:
         """One optimiser step on a fresh batch, then the EMA update."""
         run, options, t0 = self.run, self.options, time.perf_counter()
-        lr_batch, hr_batch = (t.to(self.device) for t in self.sampler.batch(options.batch_size, run.gen))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            sr = run.model(lr_batch)
-        loss = (sr.float() - hr_batch).abs().mean()
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        data_rng = run.gen.get_state()
+        try:
+            lr_batch, hr_batch = (t.to(self.device) for t in self.sampler.batch(options.batch_size, run.gen))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                sr = run.model(lr_batch)
+            loss = (sr.float() - hr_batch).abs().mean()
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except BaseException:
+            run.gen.set_state(data_rng)  # nothing changed yet: a resumed run draws this batch again
+            raise
+        self.whole = False
         run.optimizer.step()
         run.scheduler.step()
         run.iteration += 1
         # Early on the EMA would mostly remember the random init: ramp the decay up.
         update_ema(run.ema, run.model, min(options.ema_decay, (1 + run.iteration) / (10 + run.iteration)))
+        self.whole = True
         value = float(loss.detach())
         if not math.isfinite(value):
             raise ConfigError(f"loss became {value} at iteration {run.iteration}: lower --lr (nothing saved)")
@@ -534,28 +932,59 @@ class _Session:
             if options.save_every and run.iteration % options.save_every == 0 and run.iteration < options.iters:
                 self.checkpoint()
                 self.report("save")
+        self.checkpoint()  # before the final validation: its failure cannot cost the weights
         if options.val_hr is not None and (not run.history or run.history[-1][0] != run.iteration):
             self.validate()
-        self.checkpoint()
+            self.checkpoint()  # again, with the final PSNR in the metadata
         self.report("save")
 
+    def out_of_memory(self) -> DeviceOutOfMemory:
+        """The error of a training step that ran out of memory, after saving what can be saved."""
+        self.run.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        o = self.options
+        return DeviceOutOfMemory(
+            f"out of memory on {self.device} training on {o.batch_size} patches of {o.patch_size}x{o.patch_size} "
+            f"pixels: lower --batch-size or --patch-size ({self.save_for_error()})"
+        )
 
-def train(options: TrainOptions, progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
+
+def train(
+    options: TrainOptions,
+    progress: Callable[[TrainProgress], None] | None = None,
+    warn: Warn | None = None,
+) -> TrainResult:
     """Run (or resume) training; returns where the checkpoint went and the last validation PSNR.
 
-    KeyboardInterrupt saves both files and is then re-raised.
+    ``warn`` receives one line per problem that does not stop the run (unreadable training images
+    skipped); by default it goes to :func:`warnings.warn`. KeyboardInterrupt saves both files and
+    is then re-raised; running out of memory saves them (when the failed step changed nothing) and
+    raises :class:`~hat_cli.errors.DeviceOutOfMemory`.
     """
+    check_options(options)
     if options.threads:
         torch.set_num_threads(options.threads)
     device = torch.device(options.device)
     check_outputs(Path(options.out), state_path_for(options.out))
     torch.manual_seed(options.seed)
-    run, sampler = _prepare(options, device)
-    session = _Session(run, sampler, device, progress)
+    run, sampler, val_pairs = _prepare(options, device, warn or _python_warning)
+    session = _Session(run, sampler, val_pairs, device, progress)
+    out_of_memory = False
     try:
         session.loop()
     except KeyboardInterrupt as exc:
         session.checkpoint()
         exc.checkpoint_saved = True  # type: ignore[attr-defined]  (what the CLI may then say)
         raise
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        out_of_memory = True
+    if out_of_memory:  # out of the except block: the failed step's tensors are freed with its traceback
+        raise session.out_of_memory()
     return TrainResult(session.out, session.state_path, run.iteration, run.val_psnr, run.wall_s, run.history)
+
+
+def _python_warning(message: str) -> None:
+    warnings.warn(message, stacklevel=3)

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..train import TrainProgress
-from .console import err_console, print_line
+from .console import err_console, print_line, print_warning
 from .options import FOLDER, DeviceOpt, QuietOpt, ThreadsOpt
 
 DEFAULT_ARCH = "hat-tiny"
@@ -40,7 +40,7 @@ def train(
             show_default=False,
         ),
     ],
-    scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor (2, 3, 4).")] = 4,
+    scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor (2, 3, 4 or 8).")] = 4,
     init: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -102,21 +102,17 @@ def train(
     """
     from ..api import resolve_device  # torch and the trainer load only when the command runs
     from ..threads import set_threads
-    from ..train import TrainOptions, check_outputs, parse_arch, state_path_for
+    from ..train import TrainOptions, check_options, check_outputs, parse_arch, state_path_for
     from ..train import train as run_training
 
     check_outputs(out, state_path_for(out))  # before anything is loaded or drawn: no work lost
 
-    if schedule not in ("cosine", "step"):
-        raise ConfigError(f"--schedule must be cosine or step, not {schedule!r}")
     if init is not None and arch is not None:
         raise ConfigError("give --init (fine-tune, arch from the checkpoint) or --arch (fresh model), not both")
-    config = None if init is not None or resume is not None else parse_arch(arch or DEFAULT_ARCH, scale)
     options = TrainOptions(
         hr_dirs=hr,
         out=out,
         scale=scale,
-        config=config,
         init=init,
         iters=iters,
         batch_size=batch_size,
@@ -130,20 +126,25 @@ def train(
         val_every=val_every,
         save_every=save_every,
         resume=resume,
-        device=str(resolve_device(device)),
-        threads=set_threads(threads),  # default: the cores this process may use, as every command
     )
+    check_options(options)  # the scale first: --arch is built for it
+    if init is None and resume is None:
+        options.config = parse_arch(arch or DEFAULT_ARCH, scale)
+    options.device = str(resolve_device(device))
+    options.threads = set_threads(threads)  # default: the cores this process may use, as every command
     progress, on_progress = _display(iters, quiet)
     try:
-        with progress:
-            result = run_training(options, on_progress)
+        result = run_training(options, on_progress, print_warning)
     except KeyboardInterrupt as exc:
+        _stop(progress)
         if getattr(exc, "checkpoint_saved", False):  # not when stopped while the data was still loading
             print_line(
                 f"saved {out} and {state_path_for(out)}; continue with the same command plus --resume "
                 f"{state_path_for(out)}"
             )
         raise
+    finally:
+        _stop(progress)
     if not quiet:
         psnr = "" if result.val_psnr is None else f", validation PSNR {result.val_psnr:.3f} dB"
         print_line(
@@ -153,8 +154,16 @@ def train(
         )
 
 
+def _stop(progress: Progress) -> None:
+    """End the bar if it started (stopping one that never did would still print a blank line)."""
+    if progress.live.is_started:
+        progress.stop()
+
+
 def _display(iters: int, quiet: bool) -> tuple[Progress, Callable[[TrainProgress], None]]:
-    """The live bar (a terminal) or one status line per checkpoint (a log), and its callback."""
+    """The live bar (a terminal) or one status line per checkpoint (a log), and its callback.
+
+    The bar starts with the first iteration: an error while the data loads stays one line."""
     progress = Progress(
         TextColumn("[bold]train"),
         BarColumn(),
@@ -169,6 +178,7 @@ def _display(iters: int, quiet: bool) -> tuple[Progress, Callable[[TrainProgress
     task = progress.add_task("train", total=iters, rate="-", eta="--:--", loss="-", val="-")
 
     def on_progress(p: TrainProgress) -> None:
+        progress.start()  # a no-op once started
         progress.update(
             task,
             completed=p.iteration,
