@@ -533,6 +533,27 @@ def find_fixtures() -> Path | None:
     return next((d for d in FIXTURE_DIRS if (d / "manifest.json").is_file()), None)
 
 
+def precision_row(check: Check, upscaler: Upscaler, x: Tensor, ref: Tensor, **labels: Any) -> tuple[dict, Tensor]:
+    """One correctness row: ``upscaler`` on ``x`` against ``ref`` (max error, PSNR, non-finite
+    values, fp32 recomputes); fp32 passes within the tolerance, half precision at the PSNR goal."""
+    start = time.perf_counter()
+    out = upscaler.upscale_tensor(x)
+    seconds = time.perf_counter() - start
+    stats = upscaler.last_stats
+    row = dict(
+        **labels,
+        batch=stats.batch if stats else None,
+        max_abs_err=max_err(out, ref),
+        psnr_db=psnr(out, ref),
+        non_finite=non_finite(out),
+        fp32_recomputed=stats.report.fp32_fallbacks if stats else None,
+        seconds=seconds,
+    )
+    good = row["max_abs_err"] <= check.sizes.fp32_tol if labels["dtype"] == "fp32" else row["psnr_db"] >= PSNR_GOAL
+    row["pass"] = good and row["non_finite"] == 0
+    return row, out
+
+
 def section_fixtures(check: Check) -> None:
     folder = find_fixtures()
     if folder is None:
@@ -596,29 +617,11 @@ def section_correctness(check: Check) -> None:
         del reference, cpu
         for dtype in dtypes_here(check):
             for mode, tile, batch in (("whole", 0, None), ("tiled", sizes.tile, 1), ("batched", sizes.tile, columns)):
+                ref = ref_whole if mode == "whole" else ref_tiled
                 upscaler = Upscaler(
                     model, device=check.device, precision=dtype, tile=tile, tile_overlap=sizes.overlap, tile_batch=batch
                 )
-                start = time.perf_counter()
-                out = upscaler.upscale_tensor(x)
-                seconds = time.perf_counter() - start
-                ref = ref_whole if mode == "whole" else ref_tiled
-                stats = upscaler.last_stats
-                row = dict(
-                    model=name,
-                    dtype=dtype,
-                    mode=mode,
-                    batch=stats.batch if stats else None,
-                    max_abs_err=max_err(out, ref),
-                    psnr_db=psnr(out, ref),
-                    non_finite=non_finite(out),
-                    fp32_recomputed=stats.report.fp32_fallbacks if stats else None,
-                    seconds=seconds,
-                )
-                if dtype == "fp32":
-                    row["pass"] = row["max_abs_err"] <= sizes.fp32_tol and row["non_finite"] == 0
-                else:
-                    row["pass"] = row["psnr_db"] >= PSNR_GOAL and row["non_finite"] == 0
+                row, out = precision_row(check, upscaler, x, ref, model=name, dtype=dtype, mode=mode)
                 if mode == "batched" and dtype == ("bf16" if check.cuda else "fp32"):
                     # The file path (bands quantised as they finish) equals the float path rounded.
                     pixels = upscaler.upscale_array(array)
@@ -728,29 +731,11 @@ def section_rcan(check: Check) -> None:
         del reference, cpu
         for dtype in ("fp32", "bf16"):
             for mode, tile, batch in (("whole", 0, None), ("tiled", sizes.tile, 1), ("batched", sizes.tile, columns)):
+                ref = ref_whole if mode == "whole" else ref_tiled
                 upscaler = Upscaler(
                     model, device=check.device, precision=dtype, tile=tile, tile_overlap=sizes.overlap, tile_batch=batch
                 )
-                start = time.perf_counter()
-                out = upscaler.upscale_tensor(x)
-                seconds = time.perf_counter() - start
-                ref = ref_whole if mode == "whole" else ref_tiled
-                stats = upscaler.last_stats
-                row = dict(
-                    model=name,
-                    dtype=dtype,
-                    mode=mode,
-                    batch=stats.batch if stats else None,
-                    max_abs_err=max_err(out, ref),
-                    psnr_db=psnr(out, ref),
-                    non_finite=non_finite(out),
-                    fp32_recomputed=stats.report.fp32_fallbacks if stats else None,
-                    seconds=seconds,
-                )
-                if dtype == "fp32":
-                    row["pass"] = row["max_abs_err"] <= sizes.fp32_tol and row["non_finite"] == 0
-                else:
-                    row["pass"] = row["psnr_db"] >= PSNR_GOAL and row["non_finite"] == 0
+                row, _ = precision_row(check, upscaler, x, ref, model=name, dtype=dtype, mode=mode)
                 check.row(**row)
         del model
         release(check.device)
