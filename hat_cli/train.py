@@ -51,6 +51,7 @@ from .pixels import grey_to_rgb, quantize, to_8bit, to_tensor
 from .registry import builtin_registry_text, load_registry
 from .store import require_checkpoint
 from .tiling import is_out_of_memory
+from .train_state import BadState, checked_state, entry, is_finite, is_int
 
 STATE_VERSION = 1
 
@@ -99,14 +100,6 @@ class TrainOptions:
         return data
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -116,28 +109,28 @@ def check_options(options: TrainOptions) -> None:
     """Every option in range, before anything is read or built: a bad value is one line now, not a
     torch error after the data has loaded, nor a NaN checkpoint written with success."""
     o = options
-    _require(_is_int(o.scale) and o.scale in SCALES, f"--scale {o.scale!r}: use 2, 3, 4 or 8")
+    _require(is_int(o.scale) and o.scale in SCALES, f"--scale {o.scale!r}: use 2, 3, 4 or 8")
     counts = (("--iters", o.iters, 1), ("--batch-size", o.batch_size, 1), ("--patch-size", o.patch_size, 1))
     counts += (("--warmup", o.warmup_iters, 0), ("--val-every", o.val_every, 0), ("--save-every", o.save_every, 0))
     for flag, value, low in counts:
-        _require(_is_int(value) and value >= low, f"{flag} must be a whole number >= {low}, not {value!r}")
+        _require(is_int(value) and value >= low, f"{flag} must be a whole number >= {low}, not {value!r}")
     _require(
         o.patch_size % o.scale == 0,
         f"--patch-size {o.patch_size} (HR) must be a multiple of the scale {o.scale}, "
         f"e.g. {max(o.scale, o.patch_size - o.patch_size % o.scale)}",
     )
     _require(
-        _is_int(o.seed) and 0 <= o.seed < SEED_LIMIT, f"--seed must be a whole number from 0 to 2**63-1, not {o.seed!r}"
+        is_int(o.seed) and 0 <= o.seed < SEED_LIMIT, f"--seed must be a whole number from 0 to 2**63-1, not {o.seed!r}"
     )
-    _require(_is_finite(o.lr) and o.lr > 0, f"--lr must be a finite number > 0 (2e-4 is usual), not {o.lr!r}")
+    _require(is_finite(o.lr) and o.lr > 0, f"--lr must be a finite number > 0 (2e-4 is usual), not {o.lr!r}")
     _require(
-        _is_finite(o.ema_decay) and 0 <= o.ema_decay < 1,
+        is_finite(o.ema_decay) and 0 <= o.ema_decay < 1,
         f"--ema-decay must be at least 0 and below 1 (0.999 is usual), not {o.ema_decay!r}",
     )
     _require(o.schedule in ("cosine", "step"), f"--schedule must be cosine or step, not {o.schedule!r}")
-    _require(_is_finite(o.min_lr_ratio) and 0 <= o.min_lr_ratio <= 1, f"min_lr_ratio {o.min_lr_ratio!r}: use 0..1")
-    _require(all(_is_finite(m) and m >= 0 for m in o.milestones), f"milestones {o.milestones!r}: use numbers >= 0")
-    _require(o.threads is None or (_is_int(o.threads) and o.threads >= 1), f"--threads {o.threads!r}: use 1 or more")
+    _require(is_finite(o.min_lr_ratio) and 0 <= o.min_lr_ratio <= 1, f"min_lr_ratio {o.min_lr_ratio!r}: use 0..1")
+    _require(all(is_finite(m) and m >= 0 for m in o.milestones), f"milestones {o.milestones!r}: use numbers >= 0")
+    _require(o.threads is None or (is_int(o.threads) and o.threads >= 1), f"--threads {o.threads!r}: use 1 or more")
     _require(len(o.hr_dirs) > 0, "give at least one --hr folder of training images")
 
 
@@ -583,9 +576,9 @@ class _Run:
         the first step."""
         where = f"--resume {path}"
         try:
-            self.model.load_state_dict(_entry(data, "params", "the file"))
-            self.ema.load_state_dict(_entry(data, "params_ema", "the file"))
-        except (_BadState, RuntimeError, TypeError, AttributeError, ValueError) as exc:
+            self.model.load_state_dict(entry(data, "params", "the file"))
+            self.ema.load_state_dict(entry(data, "params_ema", "the file"))
+        except (BadState, RuntimeError, TypeError, AttributeError, ValueError) as exc:
             raise CheckpointError(f"{where}: weights do not match the architecture: {first_line(exc)}") from exc
         st = data["train_state"]
         version = st.get("version") if isinstance(st, Mapping) else STATE_VERSION  # not a table: damaged, below
@@ -595,8 +588,8 @@ class _Run:
                 f"fine-tune from its weights with --init {path} instead"
             )
         try:
-            self._apply(_checked_state(st, self))
-        except (_BadState, RuntimeError, TypeError, ValueError, KeyError) as exc:
+            self._apply(checked_state(st, self.optimizer, self.scheduler, self.gen))
+        except (BadState, RuntimeError, TypeError, ValueError, KeyError) as exc:
             raise CheckpointError(
                 f"{where}: damaged training state ({first_line(exc)}); start afresh, or fine-tune from its "
                 f"weights with --init {path}"
@@ -609,127 +602,6 @@ class _Run:
         torch.set_rng_state(st["torch_rng"])
         self.iteration, self.loss_avg, self.val_psnr = st["iteration"], st["loss_avg"], st["val_psnr"]
         self.history, self.wall_s = st["history"], st["wall_s"]
-
-
-class _BadState(ValueError):
-    """A training-state entry that is missing, or not of the form :meth:`_Run.state` writes."""
-
-
-def _entry(table: Any, key: str, where: str) -> Any:
-    if not isinstance(table, Mapping):
-        raise _BadState(f"{where} is not a table")
-    if key not in table:
-        raise _BadState(f"{where} has no {key!r}")
-    return table[key]
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _checked(ok: bool, message: str) -> None:
-    if not ok:
-        raise _BadState(message)
-
-
-def _checked_state(st: Any, run: _Run) -> dict[str, Any]:
-    """The entries of ``st`` that :meth:`_Run._apply` sets, each checked against ``run``."""
-
-    def get(key: str) -> Any:
-        return _entry(st, key, "train_state")
-
-    iteration, loss_avg, val_psnr, wall_s = get("iteration"), get("loss_avg"), get("val_psnr"), get("wall_s")
-    _checked(_is_int(iteration) and iteration >= 0, "iteration is not a whole number >= 0")
-    _checked(loss_avg is None or _is_finite(loss_avg), "loss_avg is not a finite number")
-    _checked(val_psnr is None or _is_real(val_psnr), "val_psnr is not a number")
-    _checked(_is_finite(wall_s) and wall_s >= 0, "wall_s is not a finite number >= 0")
-    return {
-        "optimizer": _checked_optimizer(get("optimizer"), run.optimizer),
-        "scheduler": _like(run.scheduler.state_dict(), get("scheduler"), "scheduler"),
-        "data_rng": _rng_state(get("data_rng"), run.gen.get_state(), "data_rng"),
-        "torch_rng": _rng_state(get("torch_rng"), torch.get_rng_state(), "torch_rng"),
-        "iteration": iteration,
-        "loss_avg": loss_avg,
-        "val_psnr": val_psnr,
-        "history": _history(get("history")),
-        "wall_s": float(wall_s),
-    }
-
-
-def _like(fresh: Any, loaded: Any, where: str) -> Any:
-    """``loaded`` if it has ``fresh``'s form: tables with its keys (a key ``loaded`` lacks keeps the
-    fresh value: a state from an older torch), lists of its length, values of its kinds."""
-    if isinstance(fresh, Mapping):
-        _checked(isinstance(loaded, Mapping), f"{where} is not a table")
-        return {k: _like(v, loaded[k], f"{where}.{k}") if k in loaded else v for k, v in fresh.items()}
-    if isinstance(fresh, list | tuple):
-        _checked(
-            isinstance(loaded, list | tuple) and len(loaded) == len(fresh), f"{where} is not a list of {len(fresh)}"
-        )
-        return type(fresh)(_like(f, v, f"{where}[{i}]") for i, (f, v) in enumerate(zip(fresh, loaded, strict=True)))
-    _checked(_same_kind(fresh, loaded), f"{where} is {type(loaded).__name__}, expected {type(fresh).__name__}")
-    return loaded
-
-
-def _same_kind(fresh: Any, loaded: Any) -> bool:
-    if fresh is None or isinstance(fresh, bool):
-        return loaded is None or isinstance(loaded, bool)
-    if _is_int(fresh):
-        return _is_int(loaded)
-    if isinstance(fresh, float):
-        return _is_finite(loaded)
-    return type(loaded) is type(fresh)
-
-
-def _checked_optimizer(loaded: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``loaded`` (an Adam state dict) if it fits ``optimizer``: the same groups of the same
-    parameters, hyper-parameters of the same kinds, and per parameter moments of its shape."""
-    fresh = optimizer.state_dict()
-    groups = _like(fresh["param_groups"], _entry(loaded, "param_groups", "optimizer"), "optimizer.param_groups")
-    _checked(
-        [g["params"] for g in groups] == [g["params"] for g in fresh["param_groups"]],
-        "optimizer: its parameter groups are not this network's",
-    )
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    state = _entry(loaded, "state", "optimizer")
-    _checked(
-        isinstance(state, Mapping) and all(_is_int(k) and 0 <= k < len(params) for k in state),
-        "optimizer.state is not a table of this network's parameters",
-    )
-    return {
-        "state": {k: _param_state(v, params[k], f"optimizer.state[{k}]") for k, v in state.items()},
-        "param_groups": groups,
-    }
-
-
-def _param_state(entry: Any, param: Tensor, where: str) -> dict[str, Any]:
-    """One parameter's Adam state: a step count, and float moments of the parameter's shape."""
-    _checked(isinstance(entry, Mapping), f"{where} is not a table")
-    for key, value in entry.items():
-        if key == "step":
-            ok = _is_finite(value) or (isinstance(value, Tensor) and value.numel() == 1)
-        else:
-            ok = isinstance(value, Tensor) and value.is_floating_point() and value.shape == param.shape
-        _checked(ok, f"{where}.{key} does not fit the parameter of shape {tuple(param.shape)}")
-    return dict(entry)
-
-
-def _rng_state(loaded: Any, fresh: Tensor, where: str) -> Tensor:
-    _checked(
-        isinstance(loaded, Tensor) and loaded.dtype == fresh.dtype and loaded.shape == fresh.shape,
-        f"{where} is not a generator state of {fresh.numel()} bytes",
-    )
-    return loaded
-
-
-def _history(value: Any) -> list[tuple[int, float]]:
-    pairs = value if isinstance(value, list | tuple) else None
-    _checked(
-        pairs is not None
-        and all(isinstance(h, list | tuple) and len(h) == 2 and _is_int(h[0]) and _is_real(h[1]) for h in pairs),
-        "history is not a list of (iteration, PSNR) pairs",
-    )
-    return [(int(i), float(v)) for i, v in value]
 
 
 def _read_resume(path: Path) -> tuple[HATConfig, Mapping[str, Any]]:
