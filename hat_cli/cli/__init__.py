@@ -144,9 +144,8 @@ class HatGroup(TyperGroup):
                 raise
             print_line("aborted")
             sys.exit(1)
-        except (
-            StdoutError
-        ) as exc:  # `hat --help` or `hat --version` (parsed before invoke) into a closed or full stdout
+        # `hat --help` or `hat --version` (written while parsing, before invoke) into a closed or full stdout
+        except StdoutError as exc:
             if not standalone:
                 raise
             sys.exit(_stdout_failed(exc))
