@@ -1,8 +1,8 @@
 """Train or fine-tune a HAT on folders of high-resolution images (the HAT paper's recipe).
 
 Data: every HR image (:func:`hat_cli.imagefiles.list_images`, read as 8 bits: 16-bit files are
-rounded down to 8 bits, files that cannot be read are skipped with one warning) is mod-cropped to
-the scale and downscaled *once* with :func:`hat_cli.baseline.make_lr` (MATLAB bicubic, rounded to
+rounded to the nearest 8-bit level, files that cannot be read are skipped with one warning) is
+mod-cropped to the scale and downscaled *once* with :func:`hat_cli.baseline.make_lr` (MATLAB bicubic, rounded to
 uint8: bit-identical to the benchmark LR files); each
 iteration crops aligned LR/HR patch pairs at random positions, with random flips and 90-degree
 rotations. Loss L1, Adam(0.9, 0.99), cosine or step decay, EMA of the weights.
@@ -44,6 +44,7 @@ from .checkpoint import identify, read_checkpoint, read_checkpoint_file, save_ch
 from .errors import CheckpointError, ConfigError, DeviceOutOfMemory, HatError, InputImageError, first_line
 from .evaluation import ImagePair, pair_images, run_bench
 from .imagefiles import list_images as images_in
+from .imagefiles import path_kind
 from .imageio import read_picture
 from .metrics import mod_crop
 from .model import HAT, HATConfig
@@ -51,13 +52,14 @@ from .pixels import grey_to_rgb, quantize, to_8bit, to_tensor
 from .registry import builtin_registry_text, load_registry
 from .store import require_checkpoint
 from .tiling import is_out_of_memory
-from .train_state import BadState, checked_state, entry, is_finite, is_int
+from .train_state import BadState, checked_state, is_finite, is_int, tensors
 
 STATE_VERSION = 1
 
 Schedule = Literal["cosine", "step"]
 SCALES = (2, 3, 4, 8)  # HATConfig's upscales, less x1 (nothing to learn from an image and itself)
 SEED_LIMIT = 2**63  # seeds are stored as int64 (torch, checkpoint metadata)
+MAX_BATCH = 4096  # patches per iteration: the batch's index lists are built before torch can say "out of memory"
 Warn = Callable[[str], None]
 
 
@@ -114,6 +116,7 @@ def check_options(options: TrainOptions) -> None:
     counts += (("--warmup", o.warmup_iters, 0), ("--val-every", o.val_every, 0), ("--save-every", o.save_every, 0))
     for flag, value, low in counts:
         _require(is_int(value) and value >= low, f"{flag} must be a whole number >= {low}, not {value!r}")
+    _require(o.batch_size <= MAX_BATCH, f"--batch-size {o.batch_size}: at most {MAX_BATCH} patches per iteration")
     _require(
         o.patch_size % o.scale == 0,
         f"--patch-size {o.patch_size} (HR) must be a multiple of the scale {o.scale}, "
@@ -323,7 +326,11 @@ def check_validation(val_hr: str | os.PathLike[str], scale: int) -> list[ImagePa
 def _init_weights(init: str | os.PathLike[str], scale: int) -> tuple[dict[str, Tensor], HATConfig, str]:
     """Weights and architecture of a checkpoint file, or of a preset whose file is at hand."""
     path = Path(init)
-    if not path.is_file():
+    try:
+        is_file = path_kind(path) == "file"
+    except OSError as exc:  # a name the file system refuses (too long, ...)
+        raise CheckpointError(f"--init {init}: cannot read ({exc.strerror or exc})") from None
+    if not is_file:
         if "/" in str(init) or path.suffix.lower() in (".pth", ".pt", ".safetensors"):
             raise CheckpointError(f"{init}: no such checkpoint file")
         registry = load_registry()
@@ -477,6 +484,7 @@ def build_training_model(options: TrainOptions) -> tuple[HAT, str | None]:
     """
     if options.init is not None:
         state, config, source = _init_weights(options.init, options.scale)
+        check_arch(config, f"--init {options.init}")  # a 1-channel file, say: the trainer feeds RGB
         if config.upscale != options.scale:
             config = replace(config, upscale=options.scale)
         model = HAT(config)
@@ -576,9 +584,9 @@ class _Run:
         the first step."""
         where = f"--resume {path}"
         try:
-            self.model.load_state_dict(entry(data, "params", "the file"))
-            self.ema.load_state_dict(entry(data, "params_ema", "the file"))
-        except (BadState, RuntimeError, TypeError, AttributeError, ValueError) as exc:
+            self.model.load_state_dict(tensors(data, "params"))
+            self.ema.load_state_dict(tensors(data, "params_ema"))
+        except (BadState, RuntimeError) as exc:  # RuntimeError: torch's shape and key mismatches
             raise CheckpointError(f"{where}: weights do not match the architecture: {first_line(exc)}") from exc
         st = data["train_state"]
         version = st.get("version") if isinstance(st, Mapping) else STATE_VERSION  # not a table: damaged, below
@@ -588,12 +596,13 @@ class _Run:
                 f"fine-tune from its weights with --init {path} instead"
             )
         try:
-            self._apply(checked_state(st, self.optimizer, self.scheduler, self.gen))
-        except (BadState, RuntimeError, TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"{where}: damaged training state ({first_line(exc)}); start afresh, or fine-tune from its "
-                f"weights with --init {path}"
-            ) from exc
+            checked = checked_state(st, self.optimizer, self.scheduler, self.gen)
+        except BadState as exc:
+            raise _damaged(where, path, exc) from exc
+        try:
+            self._apply(checked)
+        except (RuntimeError, ValueError) as exc:  # what torch's loaders still refuse in a checked state
+            raise _damaged(where, path, exc) from exc
 
     def _apply(self, st: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(st["optimizer"])
@@ -602,6 +611,13 @@ class _Run:
         torch.set_rng_state(st["torch_rng"])
         self.iteration, self.loss_avg, self.val_psnr = st["iteration"], st["loss_avg"], st["val_psnr"]
         self.history, self.wall_s = st["history"], st["wall_s"]
+
+
+def _damaged(where: str, path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{where}: damaged training state ({first_line(exc)}); start afresh, or fine-tune from its "
+        f"weights with --init {path}"
+    )
 
 
 def _read_resume(path: Path) -> tuple[HATConfig, Mapping[str, Any]]:
@@ -666,6 +682,7 @@ def _prepare(options: TrainOptions, device: torch.device, warn: Warn) -> tuple[_
     if options.resume is not None:
         # The architecture is the resumed run's, whatever config/init say now.
         config, resumed = _read_resume(Path(options.resume))
+        check_arch(config, f"--resume {options.resume}")
         if config.upscale != options.scale:
             raise ConfigError(f"{options.resume} is a x{config.upscale} run, not x{options.scale}")
         model, source = HAT(config), None
@@ -779,12 +796,15 @@ class _Session:
         except BaseException:
             run.gen.set_state(data_rng)  # nothing changed yet: a resumed run draws this batch again
             raise
+        # Weights, schedule, iteration and EMA change together: Ctrl-C/SIGTERM wait for all four (the
+        # checkpoint they trigger must be whole), and an error among them leaves whole False: no save.
         self.whole = False
-        run.optimizer.step()
-        run.scheduler.step()
-        run.iteration += 1
-        # Early on the EMA would mostly remember the random init: ramp the decay up.
-        update_ema(run.ema, run.model, min(options.ema_decay, (1 + run.iteration) / (10 + run.iteration)))
+        with signals_deferred():
+            run.optimizer.step()
+            run.scheduler.step()
+            run.iteration += 1
+            # Early on the EMA would mostly remember the random init: ramp the decay up.
+            update_ema(run.ema, run.model, min(options.ema_decay, (1 + run.iteration) / (10 + run.iteration)))
         self.whole = True
         value = float(loss.detach())
         if not math.isfinite(value):

@@ -33,6 +33,16 @@ def entry(table: Any, key: str, where: str) -> Any:
     return table[key]
 
 
+def tensors(table: Any, key: str) -> Mapping[str, Tensor]:
+    """The file's ``key`` entry as a table of tensors (network weights)."""
+    weights = entry(table, key, "the file")
+    _checked(
+        isinstance(weights, Mapping) and all(isinstance(v, Tensor) for v in weights.values()),
+        f"{key} is not a table of tensors",
+    )
+    return weights
+
+
 def _is_real(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -94,33 +104,50 @@ def _same_kind(fresh: Any, loaded: Any) -> bool:
     return type(loaded) is type(fresh)
 
 
+# How this torch runs Adam, not what the run learnt: always this optimiser's own values (a file's
+# amsgrad or capturable would ask for moments or a device the run does not have).
+_ADAM_IMPLEMENTATION = (
+    "amsgrad",
+    "capturable",
+    "differentiable",
+    "fused",
+    "foreach",
+    "maximize",
+    "decoupled_weight_decay",
+)
+
+
 def _checked_optimizer(loaded: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """``loaded`` (an Adam state dict) if it fits ``optimizer``: the same groups of the same
-    parameters, hyper-parameters of the same kinds, and per parameter moments of its shape."""
+    parameters, hyper-parameters of the same kinds, and per parameter exactly Adam's step count and
+    moments of its shape."""
     fresh = optimizer.state_dict()
     groups = _like(fresh["param_groups"], entry(loaded, "param_groups", "optimizer"), "optimizer.param_groups")
     _checked(
         [g["params"] for g in groups] == [g["params"] for g in fresh["param_groups"]],
         "optimizer: its parameter groups are not this network's",
     )
+    for group, own in zip(groups, fresh["param_groups"], strict=True):
+        group.update({flag: own[flag] for flag in _ADAM_IMPLEMENTATION if flag in own})
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state = entry(loaded, "state", "optimizer")
     _checked(
         isinstance(state, Mapping) and all(is_int(k) and 0 <= k < len(params) for k in state),
         "optimizer.state is not a table of this network's parameters",
     )
+    keys = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if groups[0].get("amsgrad") else set())
     return {
-        "state": {k: _param_state(v, params[k], f"optimizer.state[{k}]") for k, v in state.items()},
+        "state": {k: _param_state(v, params[k], keys, f"optimizer.state[{k}]") for k, v in state.items()},
         "param_groups": groups,
     }
 
 
-def _param_state(entry: Any, param: Tensor, where: str) -> dict[str, Any]:
-    """One parameter's Adam state: a step count, and float moments of the parameter's shape."""
-    _checked(isinstance(entry, Mapping), f"{where} is not a table")
+def _param_state(entry: Any, param: Tensor, keys: set[str], where: str) -> dict[str, Any]:
+    """One parameter's Adam state: exactly ``keys``, a step count and float moments of its shape."""
+    _checked(isinstance(entry, Mapping) and set(entry) == keys, f"{where} does not hold Adam's {sorted(keys)}")
     for key, value in entry.items():
         if key == "step":
-            ok = is_finite(value) or (isinstance(value, Tensor) and value.numel() == 1)
+            ok = is_finite(value) or (isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point())
         else:
             ok = isinstance(value, Tensor) and value.is_floating_point() and value.shape == param.shape
         _checked(ok, f"{where}.{key} does not fit the parameter of shape {tuple(param.shape)}")

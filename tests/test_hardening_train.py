@@ -8,6 +8,7 @@ import copy
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 import hat_cli.train as train_module
+from hat_cli.checkpoint import save_checkpoint
 from hat_cli.errors import EXIT_SOME_FAILED, EXIT_USAGE, DeviceOutOfMemory, InputImageError
 from hat_cli.model import HAT, HATConfig
 from hat_cli.train import (
@@ -322,6 +324,11 @@ DAMAGE: dict[str, Callable[[dict], None]] = {
     "moment of another shape": lambda data: data["train_state"]["optimizer"]["state"][0].__setitem__(
         "exp_avg", torch.zeros(3)
     ),
+    "moments missing": lambda data: data["train_state"]["optimizer"]["state"].__setitem__(0, {"step": 1.0}),
+    "exp_avg_sq missing": lambda data: data["train_state"]["optimizer"]["state"][0].pop("exp_avg_sq"),
+    "step a bool tensor": lambda data: data["train_state"]["optimizer"]["state"][0].__setitem__(
+        "step", torch.tensor(True)
+    ),
     "history an int": _set("history", 5),
     "history of strings": _set("history", [["1", "x"]]),
     "wall_s a string": _set("wall_s", "long"),
@@ -342,6 +349,34 @@ def test_damaged_resume_state_is_one_line_naming_it(
     line = one_error(_train(hr, tmp_path / "m.pth", "--iters", "3", "--resume", path), EXIT_USAGE)
     assert f"--resume {path}" in line
     assert not (tmp_path / "m.pth").exists()
+
+
+@pytest.mark.parametrize("flag", ["amsgrad", "capturable"])
+def test_adam_implementation_flags_in_a_state_are_this_runs_own(
+    hr: Path, tmp_path: Path, state: dict[str, Any], flag: str
+) -> None:
+    """A file's amsgrad (moments it lacks) or capturable (a device it lacks) would crash the first
+    step: how Adam runs is this torch's choice, not the file's."""
+    changed = copy.deepcopy(state)
+    _group(flag, True)(changed)
+    path = tmp_path / "flag.state.pth"
+    torch.save(changed, path)
+    result = _train(hr, tmp_path / "m.pth", "--iters", "3", "--resume", path)
+    assert result.exit_code == 0, result.output
+
+
+def test_init_of_an_unusable_name_or_a_one_channel_network_is_one_line(hr: Path, tmp_path: Path) -> None:
+    long_name = tmp_path / ("a" * 300 + ".pth")
+    assert "File name too long" in one_error(_train(hr, tmp_path / "m.pth", "--init", long_name), EXIT_USAGE)
+    grey = replace(TINY, in_chans=1)
+    grey_file = save_checkpoint(tmp_path / "grey.pth", HAT(grey).state_dict(), grey)
+    line = one_error(_train(hr, tmp_path / "m.pth", "--init", grey_file), EXIT_USAGE)
+    assert f"--init {grey_file}: in_chans 1" in line
+
+
+def test_a_huge_conv_scale_is_refused_before_training(hr: Path, tmp_path: Path) -> None:
+    line = one_error(_train(hr, tmp_path / "m.pth", "--arch", "hat-tiny,conv_scale=1e308"), EXIT_USAGE)
+    assert "conv_scale must be within" in line
 
 
 def test_resume_of_a_weights_file_points_to_init(hr: Path, tmp_path: Path) -> None:

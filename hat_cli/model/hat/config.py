@@ -24,6 +24,9 @@ SCORE_COPIES = 1.0
 # bias table declaring a 120-pixel window would build 3 GB of indices. Official HATs use 16.
 MAX_WINDOW_SIZE = 32
 MAX_OVERLAP_WINDOW_SIZE = 2 * MAX_WINDOW_SIZE
+# Hidden scalars, far beyond the official 0.01 and 1.0 (255 for some community files).
+MAX_CONV_SCALE = 1e3
+MAX_IMG_RANGE = 1e5
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class HATConfig:
             raise ValueError(f"upscale {self.upscale!r} is not supported (1, 2, 3, 4 or 8)")
         if self.img_range <= 0 or self.mlp_ratio <= 0 or self.overlap_ratio < 0:
             raise ValueError("img_range and mlp_ratio must be > 0, overlap_ratio >= 0")
+        if abs(self.conv_scale) > MAX_CONV_SCALE or self.img_range > MAX_IMG_RANGE:
+            # 1e308 would overflow float32 in the forward: one clear error here instead
+            raise ValueError(f"conv_scale must be within +-{MAX_CONV_SCALE:g} and img_range at most {MAX_IMG_RANGE:g}")
         for heads in self.num_heads:
             if self.embed_dim % heads:
                 raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {heads}")
