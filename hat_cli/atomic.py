@@ -373,17 +373,28 @@ def _sync_folder(folder: Path) -> None:
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block ends (main thread, POSIX): a write that must not be
-    cut in half - a training checkpoint saved on the way out - runs to its end, then the signal acts."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Ctrl-C and SIGTERM wait until the block ends (main thread): a write that must not be cut in
+    half - a training checkpoint - runs to its end, then the signal acts as it would have.
+
+    Held at the Python level, not by masking: with other threads alive (OpenMP's, a progress
+    display's) the kernel hands a process signal to a thread that does not mask it, and Python then
+    runs the handler in the main thread anyway, in the middle of the block.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    wanted = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = [sig for sig, handler in previous.items() if handler is not None]  # None: set outside Python
+    for sig in held:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig in held:
+            signal.signal(sig, previous[sig])
+        for sig in dict.fromkeys(received):  # each once, in order: now handled as usual
+            signal.raise_signal(sig)
 
 
 def write_bytes(

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hat_cli.atomic import TEMP_SUFFIX, claim_name
+from hat_cli.atomic import TEMP_SUFFIX, claim_name, signals_deferred
 from hat_cli.batch import Job, RunOptions, run_batch
 from hat_cli.checkpoint import load_model
 from hat_cli.errors import EXIT_OK, EXIT_TERMINATED
@@ -185,6 +186,24 @@ def test_d6_bench_save_sr_under_sigterm_leaves_no_partial_png(tmp_path: Path) ->
     assert stderr.splitlines() == ["terminated"]
     left = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".png", ".csv", TEMP_SUFFIX))
     assert left == sorted(hr.iterdir())  # the inputs only: no PNG, CSV or temporary of the run
+
+
+def test_signals_deferred_holds_a_signal_sent_from_another_thread_until_the_block_ends() -> None:
+    """With other threads alive the kernel may hand SIGTERM to one of them; Python still runs the
+    handler in the main thread, so masking the main thread alone would not hold it."""
+    events: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: events.append("handled"))
+    try:
+        with signals_deferred():
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+            sender.start()
+            sender.join()
+            time.sleep(0.1)  # without the deferral the handler runs here
+            events.append("block done")
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert events == ["block done", "handled"]
 
 
 def test_d5_sigterm_during_training_saves_the_checkpoint_and_exits_143(tmp_path: Path) -> None:
