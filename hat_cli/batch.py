@@ -39,6 +39,7 @@ from .imageio import (
     check_writable,
     counted_pixels,
     format_for_suffix,
+    holds_picture,
     kept_suffix,
     read_picture,
     write_picture,
@@ -438,6 +439,9 @@ class RunOptions:
     skip_existing: bool = False
     size: OutputSize | None = None  # --outscale / --width / --height
     prefetch: int = 2  # decoded images waiting for the model (memory bound: a few images)
+    # An existing output with exactly the bytes this job writes counts as done, not as a refusal to
+    # overwrite: on Ray, a task retried after its worker died may find its first attempt's file.
+    identical_is_done: bool = False
     stop: threading.Event = field(default_factory=threading.Event)  # set: finish the current file, then stop
 
 
@@ -527,7 +531,11 @@ def write_job(job: Job, picture: Picture, options: RunOptions, temps: TempFiles 
         write_picture(picture, job.output, options.quality, options.overwrite, temps)
         return None
     except OutputExists as exc:
-        return SkipReason("output exists") if options.skip_existing else str(exc)
+        if options.skip_existing:
+            return SkipReason("output exists")
+        if options.identical_is_done and holds_picture(job.output, picture, options.quality):
+            return None  # written by an earlier attempt of this very job (a retried Ray task)
+        return str(exc)
     except HatError as exc:
         return str(exc)
     except Exception as exc:

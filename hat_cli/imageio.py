@@ -508,6 +508,20 @@ def write_picture(
     atomic_write(path, encode, overwrite=overwrite, temps=temps)
 
 
+def holds_picture(path: Path, picture: Picture, quality: int | None = None) -> bool:
+    """``path`` is a regular file holding exactly the bytes :func:`write_picture` would write for
+    ``picture`` (encoding is deterministic): it is that output, whoever wrote it."""
+    fmt = check_writable(picture, path)
+    buffer = io.BytesIO()
+    _encode(picture, buffer, fmt, quality)
+    try:
+        if not path.is_file() or path.stat().st_size != buffer.tell():
+            return False
+        return path.read_bytes() == buffer.getvalue()
+    except OSError:
+        return False
+
+
 def _encode(picture: Picture, handle: BinaryIO, fmt: str, quality: int | None) -> None:
     animated = len(picture.frames) > 1
     if picture.bits == 16 and not animated and fmt == "PNG":

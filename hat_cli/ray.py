@@ -181,7 +181,8 @@ class UpscaleFiles:
     The constructor takes :func:`hat_cli.api.open_upscaler`'s keyword arguments (``model``,
     ``weights``, ``scale``, ``device``, ``precision``, ``tile``, ``tile_overlap``, ``self_ensemble``,
     ...) and :class:`hat_cli.batch.RunOptions`' fields (``max_pixels``, ``alpha``, ``quality``,
-    ``overwrite``); it builds the upscaler once per actor.
+    ``overwrite``, ``identical_is_done``: set it where Ray may retry a task whose worker died after
+    writing, as ``run_on_cluster`` does); it builds the upscaler once per actor.
 
     Each call takes a batch with ``source`` and ``output`` columns (paths that every node sees;
     relative ones are relative to the worker's directory) and returns one row per file with the
@@ -457,7 +458,8 @@ def run_on_cluster(
     if not jobs:
         return 0
     ray = require_ray()
-    actor_spec = {**spec, **options_spec(options)}
+    # A task retried after its worker died may find the output its first attempt finished.
+    actor_spec = {**spec, **options_spec(dataclasses.replace(options, identical_is_done=True))}
     split_spec(actor_spec)  # unknown keys: one error here, not one per actor
     sent = [Job(_absolute(job.source), _absolute(job.output)) for job in jobs]
     folders = {job.output.parent for job in sent}

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from hat_cli.atomic import TEMP_SUFFIX
-from hat_cli.batch import FileResult, Job, RunOptions, run_batch
+from hat_cli.batch import FileResult, Job, RunOptions, process_job, run_batch
 from tests._batch_images import Bilinear, gradient
 
 
@@ -83,3 +83,21 @@ def test_an_output_that_cannot_hold_the_image_fails_before_upscaling(tmp_path: P
     run_batch(upscaler, [Job(tmp_path / "anim.gif", tmp_path / "anim.jpg")], results.append)
     assert results[0].status == "failed" and "JPEG cannot hold the 2 frames" in (results[0].error or "")
     assert upscaler.calls == 0
+
+
+def test_an_identical_existing_output_is_done_only_when_asked(tmp_path: Path) -> None:
+    """A Ray task retried after its worker died finds the file its first attempt wrote: with
+    identical_is_done that is the job done; a different file there is still refused."""
+    source = tmp_path / "a.png"
+    Image.fromarray(gradient(8, 8)).save(source)
+    job = Job(source, tmp_path / "a_x2.png")
+    assert process_job(Bilinear(), job).status == "done"
+    first = job.output.read_bytes()
+    again = process_job(Bilinear(), job, RunOptions(identical_is_done=True))
+    assert (again.status, again.error, again.size) == ("done", None, (16, 16))
+    assert job.output.read_bytes() == first
+    assert process_job(Bilinear(), job).status == "failed"  # the default: exists, pass --overwrite
+    job.output.write_bytes(first[:-1] + b"\0")  # someone else's file
+    different = process_job(Bilinear(), job, RunOptions(identical_is_done=True))
+    assert different.status == "failed" and "exists" in (different.error or "")
+    assert not list(tmp_path.glob(f"*{TEMP_SUFFIX}"))
