@@ -26,6 +26,7 @@ import typer
 
 from ..atomic import write_bytes
 from ..errors import ConfigError, ImageTooSmall, InputImageError
+from ..imagefiles import path_kind
 from ..imageio import DEFAULT_MAX_PIXELS, read_picture
 from ..pixels import grey_to_rgb, to_8bit
 from ..upscaling import folder_name
@@ -233,10 +234,11 @@ def _check_output(output: Path | None) -> None:
     if str(output) == "-":
         raise ConfigError("-o -: hat lam writes a folder of files; name a folder (--json prints the numbers)")
     try:
-        if output.exists() and not output.is_dir():
-            raise ConfigError(f"-o {output}: exists and is not a folder")
+        kind = path_kind(output)
     except OSError as exc:  # a name too long for the file system, say
         raise ConfigError(f"-o {output}: unusable folder name ({exc.strerror or exc})") from None
+    if kind == "file":
+        raise ConfigError(f"-o {output}: exists and is not a folder")
 
 
 def _check_folder_names(output: Path, names: list[str]) -> None:
