@@ -510,3 +510,8 @@ def test_lam_works_for_han_and_rcan(arch: str, small_image: np.ndarray) -> None:
     assert np.abs(single.attribution).max() > 0
     assert _relative(batched.attribution, single.attribution) < 1e-5
     assert 0 < single.diffusion_index < 100
+
+
+def test_an_existing_file_as_output_folder_is_one_line(tiny_checkpoint: Path, lr_image: Path) -> None:
+    result = runner.invoke(app, ["lam", str(lr_image), "-w", str(tiny_checkpoint), "--at", "0,0", "-o", str(lr_image)])
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: -o {lr_image}: exists and is not a folder"
